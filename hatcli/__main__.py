@@ -1,0 +1,3 @@
+from hatcli.cli import main
+
+main()

@@ -1,0 +1,155 @@
+"""The ``hat`` command line: validate, train, plugins, schema (and plugin commands)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hatcli import plugins
+from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError
+
+app = typer.Typer(
+    name="hat",
+    help="Quantization-aware training for int8 fixed-point accelerators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="The project's YAML spec.", show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks for run failures.")]
+WorkDirOpt = Annotated[
+    Path | None, typer.Option("--work-dir", help="Override the spec's work_dir.")
+]
+
+
+def _fail(lines: list[str], code: int) -> None:
+    for line in lines:
+        err.print(line, markup=False)
+    raise typer.Exit(code)
+
+
+def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
+    """Run ``action``; turn hat's errors into one-line messages and exit codes."""
+    try:
+        return action()
+    except SpecError as exc:
+        _fail([str(p) for p in exc.problems], 2)
+    except (InputError, PluginError) as exc:
+        _fail([f"error: {exc}"], 2)
+    except RunError as exc:
+        if verbose:
+            traceback.print_exc()
+        _fail([f"run failed: {exc}"], 1)
+    except HatError as exc:
+        _fail([f"error: {exc}"], 1)
+    except KeyboardInterrupt:
+        _fail(["interrupted"], 130)
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else " (--verbose for the traceback)"
+        _fail([f"run failed: {type(exc).__name__}: {exc}{hint}"], 1)
+
+
+@app.command()
+def validate(spec: SpecArg) -> None:
+    """Check SPEC against the schema and the installed components; exit 2 on any problem."""
+    from hatcli.spec.spec import load_spec
+
+    loaded = _guard(lambda: load_spec(spec))
+    stages = ", ".join(loaded.stage_names)
+    err.print(f"{spec}: ok ({stages})", markup=False)
+
+
+@app.command()
+def train(
+    spec: SpecArg,
+    stage: Annotated[
+        str, typer.Option("--stage", "-s", help="float | qat | int_infer | any stage | all")
+    ],
+    work_dir: WorkDirOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run one stage of SPEC (or every stage in order with --stage all)."""
+    from hatcli.engine.stage import run_stage
+    from hatcli.spec.spec import load_spec
+
+    loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
+    names = loaded.stage_names if stage == "all" else [stage]
+    if stage != "all" and stage not in loaded.stage_names:
+        known = ", ".join([*loaded.stage_names, "all"])
+        _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
+    for name in names:
+        summary = _guard(lambda name=name: run_stage(loaded, name, quiet=quiet), verbose)
+        if not quiet:
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
+            err.print(
+                f"[{name}] done: {summary['epochs']} epochs, {summary['steps']} steps, "
+                f"{summary['wall_time_s']:.1f}s {metrics}".rstrip(),
+                markup=False,
+            )
+
+
+@app.command("plugins")
+def list_plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The installed plugins, their versions and the components each gives."""
+    infos = _guard(plugins.plugin_infos)
+    if as_json:
+        rows = [
+            {
+                "name": i.name,
+                "distribution": i.distribution,
+                "version": i.version,
+                "components": i.components,
+            }
+            for i in infos
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("plugin", "version", "components")
+    for info in infos:
+        parts = [f"{kind}: {', '.join(names)}" for kind, names in sorted(info.components.items())]
+        table.add_row(info.name, info.version or "-", "\n".join(parts) or "-")
+    Console().print(table)
+
+
+@app.command()
+def schema() -> None:
+    """Print the full JSON Schema of a spec, installed plugin components included."""
+    from hatcli.spec.schema import assembled_schema
+
+    typer.echo(json.dumps(_guard(assembled_schema), indent=2))
+
+
+def _format_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
+def main() -> None:
+    warnings.formatwarning = _format_warning  # type: ignore[assignment]
+    try:
+        plugins.load_plugins()
+        plugins.pm.hook.hat_register_commands(app=app)
+    except PluginError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    app()
+
+
+if __name__ == "__main__":
+    main()

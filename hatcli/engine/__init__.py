@@ -1,0 +1,1 @@
+"""The training engine: stage assembly, the loop, callbacks, checkpoints."""

@@ -1,0 +1,85 @@
+"""Progress: a rich bar on a terminal, one plain line per epoch in logs, nothing if quiet."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hatcli.engine.callback import Callback
+from hatcli.engine.context import LoopContext
+
+
+class ProgressReporter(Callback):
+    order = 30
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task: int | None = None
+        self._epoch_started = time.perf_counter()
+        self._epoch_samples = 0
+
+    def on_loop_begin(self, ctx: LoopContext) -> None:
+        if self.quiet or not ctx.trains:
+            return
+        if self.console.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]{task.fields[stage]}[/] epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]} lr {task.fields[lr]}"),
+                TextColumn("{task.fields[speed]} samples/s"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self.task = self.progress.add_task(
+                "train",
+                total=ctx.total_steps,
+                completed=ctx.global_step,
+                stage=ctx.stage,
+                epoch=ctx.epoch,
+                loss="-",
+                lr="-",
+                speed="-",
+            )
+            self.progress.start()
+
+    def on_epoch_begin(self, ctx: LoopContext) -> None:
+        self._epoch_started = time.perf_counter()
+        self._epoch_samples = 0
+
+    def on_step_end(self, ctx: LoopContext) -> None:
+        self._epoch_samples += ctx.batch_size
+        if self.progress is None or self.task is None:
+            return
+        elapsed = time.perf_counter() - self._epoch_started
+        self.progress.update(
+            self.task,
+            completed=ctx.global_step,
+            epoch=ctx.epoch,
+            loss=f"{ctx.loss:.4f}",
+            lr=f"{ctx.lr:.3g}",
+            speed=f"{self._epoch_samples / elapsed:.0f}" if elapsed else "-",
+        )
+
+    def on_epoch_end(self, ctx: LoopContext) -> None:
+        if self.quiet or self.progress is not None:
+            return
+        elapsed = time.perf_counter() - self._epoch_started
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in ctx.metrics.items())
+        speed = self._epoch_samples / elapsed if elapsed else 0.0
+        print(
+            f"[{ctx.stage}] epoch {ctx.epoch}/{ctx.num_epochs or '-'} step {ctx.global_step} "
+            f"loss={ctx.loss:.4f} lr={ctx.lr:.3g} {speed:.0f} samples/s {metrics}".rstrip(),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_loop_end(self, ctx: LoopContext) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

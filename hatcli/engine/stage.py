@@ -1,0 +1,209 @@
+"""Assembling a stage from its spec and running it to the end."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hatcli import plugins
+from hatcli.engine.build import build_component, located, split_node
+from hatcli.engine.callback import Callback
+from hatcli.engine.checkpoint_io import atomic_write_bytes
+from hatcli.engine.context import LoopContext
+from hatcli.engine.convert import ConvertContext
+from hatcli.engine.progress import ProgressReporter
+from hatcli.engine.sampler import EpochSampler
+from hatcli.engine.state import restore_training_state
+from hatcli.engine.training_log import TrainingLog
+from hatcli.errors import InputError
+from hatcli.spec.spec import Spec, StageSpec
+
+LOADER_KEYS = ("batch_size", "shuffle", "drop_last", "num_workers")
+DEFAULT_QAT_MODE = "fuse_bn"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} was asked for but CUDA is not available here")
+    return torch.device(name)
+
+
+def _stage(spec: Spec, stage: str | StageSpec) -> StageSpec:
+    return stage if isinstance(stage, StageSpec) else spec.stage(stage)
+
+
+def build_model(
+    spec: Spec, stage: str | StageSpec, *, context: ConvertContext | None = None
+) -> nn.Module:
+    """The model as ``stage`` runs it: built by its factory, then its convert pipeline."""
+    stage = _stage(spec, stage)
+    model = build_component("models", stage.get("model"), stage.where("model"), spec.positions)
+    if not isinstance(model, nn.Module):
+        raise located(spec.positions, stage.where("model"), "the factory did not return a Module")
+    pipeline = stage.get("model_convert_pipeline") or {}
+    context = context or ConvertContext(stage.name, DEFAULT_QAT_MODE, spec.positions)
+    context.qat_mode = pipeline.get("qat_mode", DEFAULT_QAT_MODE)
+    for index, node in enumerate(pipeline.get("converters", [])):
+        path = stage.where("model_convert_pipeline", "converters", index)
+        converter = build_component("converters", node, path, spec.positions)
+        context.path = path
+        model = converter(model, context)
+    return model
+
+
+def build_data_loader(
+    spec: Spec, split: str, stage: str | StageSpec | None = None
+) -> DataLoader[Any]:
+    """A DataLoader of ``(inputs, targets)`` for ``split`` of ``stage`` (or the top level)."""
+    if stage is not None:
+        stage = _stage(spec, stage)
+        splits, where = stage.get("data") or {}, stage.where("data")
+        seed = int(stage.get("seed"))
+    else:
+        splits, where, seed = spec.data.get("data") or {}, ("data",), spec.seed
+    if split not in splits:
+        known = ", ".join(sorted(splits)) or "none"
+        raise located(spec.positions, where, f"no data loader {split!r} (the spec has: {known})")
+    node = splits[split]
+    dataset = build_component("datasets", node, (*where, split), spec.positions, drop=LOADER_KEYS)
+    settings = node if isinstance(node, dict) else {}
+    sampler = EpochSampler(dataset, bool(settings.get("shuffle", False)), seed)
+    return DataLoader(
+        dataset,
+        batch_size=int(settings.get("batch_size", 32)),
+        sampler=sampler,
+        drop_last=bool(settings.get("drop_last", False)),
+        num_workers=int(settings.get("num_workers", 0)),
+    )
+
+
+def _build_callbacks(spec: Spec, stage: StageSpec) -> list[Callback]:
+    callbacks = [
+        build_component("callbacks", node, stage.where("callbacks", i), spec.positions)
+        for i, node in enumerate(stage.get("callbacks") or [])
+    ]
+    return sorted(callbacks, key=lambda cb: getattr(cb, "order", 5))
+
+
+def _build_scheduler(
+    spec: Spec, stage: StageSpec, optimizer: torch.optim.Optimizer, total_steps: int
+) -> tuple[Any, str]:
+    node = stage.get("lr_scheduler")
+    if node is None:
+        return None, "epoch"
+    name, params = split_node(node, drop=("interval",))
+    asked = node.get("interval", "epoch") if isinstance(node, dict) else "epoch"
+    interval = "step" if stage.get("num_steps") else asked
+    length = total_steps if interval == "step" else int(stage.get("num_epochs") or 1)
+    properties = (plugins.get_component("lr_schedulers", name).schema or {}).get("properties", {})
+    for key in ("T_max", "total_steps"):  # the stage's length, unless the spec sets it
+        if key in properties and key not in params:
+            params[key] = max(1, length)
+    scheduler = build_component(
+        "lr_schedulers",
+        {"type": name, **params},
+        stage.where("lr_scheduler"),
+        spec.positions,
+        optimizer,
+    )
+    return scheduler, interval
+
+
+def build_context(spec: Spec, stage_name: str, *, quiet: bool = True) -> LoopContext:
+    """Everything a stage needs, assembled and checked, before any training starts."""
+    stage = spec.stage(stage_name)
+    seed_everything(int(stage.get("seed")))
+    device = resolve_device(stage.get("device"))
+    convert = ConvertContext(stage.name, DEFAULT_QAT_MODE, spec.positions)
+    model = build_model(spec, stage, context=convert).to(device)
+    splits = stage.get("data") or {}
+    loaders = {split: build_data_loader(spec, split, stage) for split in splits}
+    loss_node = stage.get("loss", "CrossEntropyLoss")
+    loss_fn = build_component("losses", loss_node, stage.where("loss"), spec.positions)
+    ctx = LoopContext(
+        stage=stage.name,
+        spec_name=spec.name,
+        spec_path=spec.path,
+        work_dir=spec.work_dir,
+        model=model,
+        device=device,
+        data_loaders=loaders,
+        loss_fn=loss_fn,
+        num_epochs=stage.get("num_epochs"),
+        num_steps=stage.get("num_steps"),
+        qat_mode=convert.qat_mode,
+        log_interval=int(stage.get("log_interval", 10)),
+    )
+    if stage.get("optimizer") is not None:
+        ctx.optimizer = build_component(
+            "optimizers",
+            stage.get("optimizer"),
+            stage.where("optimizer"),
+            spec.positions,
+            model.parameters(),
+        )
+        ctx.lr_scheduler, ctx.scheduler_interval = _build_scheduler(
+            spec, stage, ctx.optimizer, ctx.total_steps
+        )
+    callbacks = _build_callbacks(spec, stage)
+    ctx.callbacks = [*callbacks, TrainingLog(), ProgressReporter(quiet=quiet)]
+    for callback in ctx.callbacks:
+        check = getattr(callback, "check", None)
+        if check is not None:
+            try:
+                check(ctx)
+            except InputError as exc:
+                index = callbacks.index(callback) if callback in callbacks else 0
+                raise located(spec.positions, stage.where("callbacks", index), str(exc)) from None
+    if convert.loaded_checkpoint is not None:
+        restore_training_state(
+            ctx,
+            convert.loaded_checkpoint,
+            optimizer=bool(stage.get("resume_optimizer", False)),
+            position=bool(stage.get("resume_epoch_or_step", False)),
+        )
+    return ctx
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def run_stage(spec: Spec, stage_name: str, *, quiet: bool = True) -> dict[str, Any]:
+    """Run one stage to its end; return (and write) its ``summary.json``."""
+    ctx = build_context(spec, stage_name, quiet=quiet)
+    trainer_node = spec.stage(stage_name).get("trainer", "Trainer")
+    trainer = build_component(
+        "trainers", trainer_node, spec.stage(stage_name).where("trainer"), spec.positions
+    )
+    started = time.perf_counter()
+    trainer.fit(ctx)
+    summary = {
+        "stage": ctx.stage,
+        "spec": ctx.spec_name,
+        "metrics": ctx.metrics,
+        "epochs": ctx.epoch,
+        "steps": ctx.global_step,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "qat_mode": ctx.qat_mode,
+        "device": str(ctx.device),
+        "finished": True,
+    }
+    write_json(ctx.stage_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,106 @@
+"""What a checkpoint holds, and restoring a loop from one (the seed's three resume uses)."""
+
+from __future__ import annotations
+
+import platform
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from hatcli.engine.context import LoopContext
+
+FORMAT_VERSION = 1
+
+
+def _hat_version() -> str:
+    from hatcli import __version__
+
+    return __version__
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": _python_rng_state(),
+    }
+
+
+def _python_rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+
+
+def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
+    """Everything needed to continue ``ctx`` exactly; loadable with ``weights_only=True``."""
+    return {
+        "state_dict": ctx.model.state_dict(),
+        "optimizer": ctx.optimizer.state_dict() if ctx.optimizer is not None else None,
+        "lr_scheduler": ctx.lr_scheduler.state_dict() if ctx.lr_scheduler is not None else None,
+        "epoch": ctx.epoch,
+        "global_step": ctx.global_step,
+        "step_in_epoch": ctx.step_in_epoch,
+        "metrics": dict(ctx.metrics),
+        "rng": rng_state(),
+        "callbacks": {
+            f"{index}:{type(cb).__name__}": cb.state_dict()
+            for index, cb in enumerate(ctx.callbacks)
+        },
+        "meta": {
+            "format_version": FORMAT_VERSION,
+            "hat_version": _hat_version(),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "stage": ctx.stage,
+            "spec_name": ctx.spec_name,
+            "qat_mode": ctx.qat_mode,
+            "model_class": type(ctx.model).__name__,
+        },
+    }
+
+
+def restore_training_state(
+    ctx: LoopContext, checkpoint: dict[str, Any], *, optimizer: bool, position: bool
+) -> None:
+    """Apply the seed's resume uses: optimizer (+LR) only, or everything (position too)."""
+    if optimizer and ctx.optimizer is not None and checkpoint.get("optimizer") is not None:
+        ctx.optimizer.load_state_dict(checkpoint["optimizer"])
+        if ctx.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
+            ctx.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    if not position:
+        return
+    ctx.epoch = int(checkpoint.get("epoch", 0))
+    ctx.global_step = int(checkpoint.get("global_step", 0))
+    ctx.step_in_epoch = int(checkpoint.get("step_in_epoch", 0))
+    ctx.metrics = dict(checkpoint.get("metrics", {}))
+    saved = checkpoint.get("callbacks", {})
+    for index, callback in enumerate(ctx.callbacks):
+        key = f"{index}:{type(callback).__name__}"
+        if key in saved:
+            callback.load_state_dict(saved[key])
+    if "rng" in checkpoint:
+        set_rng_state(checkpoint["rng"])

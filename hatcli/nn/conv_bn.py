@@ -1,0 +1,68 @@
+"""Conv2d + BatchNorm2d blocks, optionally followed by a residual add and an activation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvBN2d(nn.Module):
+    """``bn(conv(x))``; the conv has no bias of its own (BN provides it)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class ConvBNReLU2d(ConvBN2d):
+    """``relu(bn(conv(x)))``."""
+
+    def __init__(self, *args: int, **kwargs: int) -> None:
+        super().__init__(*args, **kwargs)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class ConvBNReLU62d(ConvBN2d):
+    """``relu6(bn(conv(x)))``."""
+
+    def __init__(self, *args: int, **kwargs: int) -> None:
+        super().__init__(*args, **kwargs)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class ConvBNAdd2d(ConvBN2d):
+    """``bn(conv(x)) + residual``."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.bn(self.conv(x)) + residual
+
+
+class ConvBNAddReLU2d(ConvBN2d):
+    """``relu(bn(conv(x)) + residual)``: the tail of a residual block."""
+
+    def __init__(self, *args: int, **kwargs: int) -> None:
+        super().__init__(*args, **kwargs)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.act(self.bn(self.conv(x)) + residual)

@@ -1,0 +1,18 @@
+"""Linear layers followed by an activation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LinearReLU(nn.Module):
+    """``relu(linear(x))``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))

@@ -1,0 +1,127 @@
+"""Checking a loaded spec: the base schema, each component's own schema, and cross-field rules."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError, validators
+
+from hatcli import plugins
+from hatcli.errors import Problem
+from hatcli.spec.loader import JsonPath, Positions
+from hatcli.spec.schema import COMMON_KEYWORD, KIND_KEYWORD, base_schema, component_schema
+
+
+def did_you_mean(word: str, choices: list[str] | set[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _component_keyword(
+    validator: Any, kind: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
+    """``x-hat-kind: KIND``: the node names an installed component of KIND."""
+    singular = kind[:-1].replace("_", " ")
+    if isinstance(instance, str):
+        instance = {"type": instance}
+        type_path: tuple[str, ...] = ()
+    elif isinstance(instance, dict):
+        type_path = ("type",)
+    else:
+        yield ValidationError(f"must be a {singular} name or a mapping with 'type'")
+        return
+    name = instance.get("type")
+    if name is None:
+        yield ValidationError(f"missing 'type': which {singular} to use")
+        return
+    if not isinstance(name, str):
+        yield ValidationError(f"{name!r} is not a {singular} name", path=type_path)
+        return
+    installed = plugins.components(kind)
+    component = installed.get(name)
+    if component is None:
+        hint = did_you_mean(name, set(installed)) or (
+            f"; installed: {', '.join(sorted(installed))}" if installed else ""
+        )
+        yield ValidationError(f"unknown {singular} {name!r}{hint}", path=type_path)
+        return
+    effective = component_schema(component, schema.get(COMMON_KEYWORD, {}))
+    yield from validator.descend(instance, effective)
+
+
+HatValidator = validators.extend(Draft202012Validator, {KIND_KEYWORD: _component_keyword})
+
+
+def _allowed_keys(schema: dict[str, Any]) -> set[str]:
+    return set(schema.get("properties", {}))
+
+
+def _to_problems(error: ValidationError, positions: Positions) -> Iterator[Problem]:
+    path: JsonPath = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = _allowed_keys(error.schema)
+        patterns = list(error.schema.get("patternProperties", {}))
+        for key in error.instance:
+            if key in allowed or any(re.search(p, key) for p in patterns):
+                continue
+            yield positions.problem(
+                (*path, key), f"unknown key {key!r}{did_you_mean(key, allowed)}", at_key=True
+            )
+        return
+    if error.validator == "enum" and isinstance(error.instance, str):
+        hint = did_you_mean(error.instance, [str(v) for v in error.validator_value])
+        yield positions.problem(path, f"{error.message}{hint}")
+        return
+    if error.validator == "propertyNames":
+        yield positions.problem(path, f"name {error.instance!r} is not allowed", at_key=True)
+        return
+    yield positions.problem(path, error.message)
+
+
+def _schema_problems(data: dict[str, Any], positions: Positions) -> list[Problem]:
+    validator = HatValidator(base_schema())
+    problems: list[Problem] = []
+    for error in validator.iter_errors(data):
+        problems.extend(_to_problems(error, positions))
+    return problems
+
+
+def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]:
+    """Rules that span several keys, which the schema cannot say clearly."""
+    problems: list[Problem] = []
+    top_data = data.get("data") or {}
+    for stage_name, stage in (data.get("stages") or {}).items():
+        if not isinstance(stage, dict):
+            continue
+        where: JsonPath = ("stages", stage_name)
+        if "model" not in stage and "model" not in data:
+            problems.append(
+                positions.problem(where, "no model: set 'model' at the top level or in this stage")
+            )
+        if "num_epochs" in stage and "num_steps" in stage:
+            problems.append(
+                positions.problem(
+                    (*where, "num_steps"), "set num_epochs or num_steps, not both", at_key=True
+                )
+            )
+        trains = stage.get("num_epochs", 0) > 0 or "num_steps" in stage
+        if not trains:
+            continue
+        if "optimizer" not in stage:
+            problems.append(positions.problem(where, "this stage trains but has no 'optimizer'"))
+        splits = stage.get("data") or top_data
+        if "train" not in splits:
+            problems.append(
+                positions.problem(where, "this stage trains but no 'train' data loader is set")
+            )
+    return problems
+
+
+def validate(data: dict[str, Any], positions: Positions) -> list[Problem]:
+    """Every problem in a loaded spec, or an empty list."""
+    problems = _schema_problems(data, positions)
+    problems += _stage_problems(data, positions)
+    return sorted(set(problems))

@@ -1,0 +1,117 @@
+"""Checkpoint: ``{name_prefix}checkpoint-last.pth.tar`` and ``-best``, written atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from hatcli.engine.callback import Callback
+from hatcli.engine.checkpoint_io import save_checkpoint
+from hatcli.engine.context import LoopContext
+from hatcli.engine.state import checkpoint_state
+
+
+class Checkpoint(Callback):
+    order = 10
+
+    def __init__(
+        self,
+        save_dir: str | None = None,
+        name_prefix: str = "",
+        monitor_metric_key: str | None = None,
+        mode: str = "max",
+        save_interval: int = 1,
+        interval_by: str = "epoch",
+        save_last: bool = True,
+        save_best: bool = True,
+        strict_match: bool = False,
+    ) -> None:
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.name_prefix = name_prefix
+        self.monitor = monitor_metric_key
+        self.mode = mode
+        self.save_interval = save_interval
+        self.interval_by = interval_by
+        self.save_last = save_last
+        self.save_best = save_best
+        self.strict_match = strict_match
+        self.best: float | None = None
+        self._best_checked_step: int | None = None
+        self._saved_step: int | None = None
+
+    def folder(self, ctx: LoopContext) -> Path:
+        return self.save_dir or ctx.work_dir
+
+    def path(self, ctx: LoopContext, which: str) -> Path:
+        return self.folder(ctx) / f"{self.name_prefix}checkpoint-{which}.pth.tar"
+
+    def on_step_end(self, ctx: LoopContext) -> None:
+        if self.interval_by == "step" and ctx.global_step % self.save_interval == 0:
+            self.save(ctx)
+
+    def on_epoch_end(self, ctx: LoopContext) -> None:
+        finished = ctx.step_in_epoch == 0
+        if self.interval_by == "epoch" and finished and ctx.epoch % self.save_interval == 0:
+            self.save(ctx)
+
+    def on_loop_end(self, ctx: LoopContext) -> None:
+        if self._saved_step != ctx.global_step or not ctx.trains:
+            self.save(ctx)
+
+    def _improved(self, ctx: LoopContext) -> bool:
+        if self.monitor is None:
+            return True
+        if ctx.metrics_step != ctx.global_step or self.monitor not in ctx.metrics:
+            return False
+        value = ctx.metrics[self.monitor]
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def save(self, ctx: LoopContext) -> None:
+        improved = self.save_best and self._best_checked_step != ctx.global_step
+        improved = improved and self._improved(ctx)
+        self._best_checked_step = ctx.global_step
+        if improved and self.monitor is not None:
+            self.best = ctx.metrics[self.monitor]
+        state = checkpoint_state(ctx)
+        state["best"] = {"metric": self.monitor, "mode": self.mode, "value": self.best}
+        self._saved_step = ctx.global_step
+        if self.save_last:
+            save_checkpoint(state, self.path(ctx, "last"))
+        if improved:
+            save_checkpoint(state, self.path(ctx, "best"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+
+
+SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "save_dir": {"type": "string", "description": "Defaults to work_dir."},
+        "name_prefix": {"type": "string", "default": "", "description": "e.g. 'float-'."},
+        "monitor_metric_key": {
+            "type": "string",
+            "description": "Validation metric that decides 'best' (e.g. accuracy); "
+            "without it, best is the latest.",
+        },
+        "mode": {"enum": ["max", "min"], "default": "max"},
+        "save_interval": {"type": "integer", "minimum": 1, "default": 1},
+        "interval_by": {"enum": ["epoch", "step"], "default": "epoch"},
+        "save_last": {"type": "boolean", "default": True},
+        "save_best": {"type": "boolean", "default": True},
+        "strict_match": {
+            "type": "boolean",
+            "default": False,
+            "description": "Accepted for HAT configs; loading strictness is LoadCheckpoint's.",
+        },
+    },
+}

@@ -1,0 +1,89 @@
+"""Images in a folder per class (``root/cat/1.png``, ``root/dog/2.jpg``), read with Pillow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
+    """Class index = position of the sub-folder's name in sorted order."""
+
+    def __init__(
+        self,
+        root: str,
+        image_size: list[int] | None = None,
+        grayscale: bool = False,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> None:
+        folder = Path(root)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"image folder not found: {folder}")
+        self.classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if not self.classes:
+            raise ValueError(f"{folder} has no class sub-folders")
+        self.samples = [
+            (path, index)
+            for index, name in enumerate(self.classes)
+            for path in sorted((folder / name).rglob("*"))
+            if path.suffix.lower() in EXTENSIONS
+        ]
+        if not self.samples:
+            raise ValueError(f"{folder} holds no images ({', '.join(sorted(EXTENSIONS))})")
+        self.size = tuple(image_size) if image_size else None
+        self.mode = "L" if grayscale else "RGB"
+        channels = 1 if grayscale else 3
+        for name, values in (("mean", mean), ("std", std)):
+            if values is not None and len(values) not in (1, channels):
+                raise ValueError(f"{name} needs 1 or {channels} values, got {len(values)}")
+        self.mean = torch.tensor(mean or [0.0]).view(-1, 1, 1)
+        self.std = torch.tensor(std or [1.0]).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert(self.mode)
+                if self.size is not None and image.size != (self.size[1], self.size[0]):
+                    image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+                array = np.asarray(image, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot read image {path}: {exc}") from None
+        tensor = torch.from_numpy(array.copy())
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        return (tensor - self.mean) / self.std, target
+
+
+SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["root"],
+    "properties": {
+        "root": {"type": "string", "description": "Folder with one sub-folder per class."},
+        "image_size": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "minItems": 2,
+            "maxItems": 2,
+            "description": "[height, width]; images are resized to it.",
+        },
+        "grayscale": {"type": "boolean", "default": False},
+        "mean": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3},
+        "std": {
+            "type": "array",
+            "items": {"type": "number", "exclusiveMinimum": 0},
+            "minItems": 1,
+            "maxItems": 3,
+        },
+    },
+}

@@ -1,0 +1,15 @@
+"""Built-in training loops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hatcli.engine.loop import Trainer
+from hatcli.hookspecs import hookimpl
+
+SCHEMA = {"type": "object", "additionalProperties": False, "properties": {}}
+
+
+@hookimpl
+def hat_register_trainers(register: Any) -> None:
+    register("Trainer", Trainer, SCHEMA, "One process, one device")

@@ -1,0 +1,1 @@
+"""The published JSON Schema of a ``hat`` spec, installed as ``hatcli.schemas``."""
