@@ -123,6 +123,7 @@ def _collect() -> dict[str, dict[str, Component]]:
         hook = getattr(pm.hook, f"hat_register_{kind}")
         for impl in hook.get_hookimpls():
             plugin_name = impl.plugin_name
+            given: dict[str, Component] = {}
 
             def register(
                 name: str,
@@ -132,29 +133,32 @@ def _collect() -> dict[str, dict[str, Component]]:
                 *,
                 _kind: str = kind,
                 _plugin: str = plugin_name,
+                _given: dict[str, Component] = given,
             ) -> None:
-                existing = collected[_kind].get(name)
+                existing = collected[_kind].get(name) or _given.get(name)
                 if existing is not None:
                     raise PluginError(
                         f"{_kind[:-1]} {name!r} is registered by two plugins: "
                         f"{existing.plugin!r} and {_plugin!r}; uninstall one or limit "
                         f"loading with {LOAD_PLUGINS_ENV}"
                     )
-                collected[_kind][name] = Component(_kind, name, factory, schema, help, _plugin)
-                info = _infos.setdefault(_plugin, PluginInfo(_plugin, None, None))
-                info.components.setdefault(_kind, []).append(name)
+                _given[name] = Component(_kind, name, factory, schema, help, _plugin)
 
             try:
                 impl.function(register=register)
             except PluginError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # a broken plugin must not break hat: drop all it gave
                 warnings.warn(
                     f"plugin {plugin_name!r} failed in hat_register_{kind} and its {kind} "
                     f"were skipped: {type(exc).__name__}: {exc}",
                     PluginLoadWarning,
                     stacklevel=2,
                 )
+                continue
+            collected[kind].update(given)
+            info = _infos.setdefault(plugin_name, PluginInfo(plugin_name, None, None))
+            info.components.setdefault(kind, []).extend(given)
     return collected
 
 

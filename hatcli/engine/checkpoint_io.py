@@ -61,13 +61,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "Weights only load failed" in str(exc):
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(
                 f"{file}: refused: the file holds objects other than tensors and plain data "
                 "(a pickle that could run code); it was not loaded"
             ) from None
-        raise CheckpointError(f"{file}: not a readable checkpoint ({first})") from None
+        raise CheckpointError(
+            f"{file}: not a readable checkpoint (not a torch file, or damaged)"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{file}: corrupt or truncated checkpoint ({first})") from None

@@ -73,7 +73,7 @@ def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
         "meta": {
             "format_version": FORMAT_VERSION,
             "hat_version": _hat_version(),
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "python_version": platform.python_version(),
             "stage": ctx.stage,
             "spec_name": ctx.spec_name,

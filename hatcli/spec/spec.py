@@ -97,16 +97,18 @@ def load_spec(path: str | Path, *, work_dir: str | Path | None = None) -> Spec:
     path = Path(path)
     data, positions = load_yaml(path)
     problems = validate(data, positions)
-    if problems:
-        raise SpecError(problems)
     if work_dir is not None:
         data["work_dir"] = str(work_dir)
-    variables = _variables(data, path, positions)
+    if not isinstance(data.get("name"), str) or not isinstance(data.get("work_dir", ""), str):
+        raise SpecError(problems)
+    try:
+        variables = _variables(data, path, positions)
+    except SpecError as exc:
+        raise SpecError([*problems, *exc.problems]) from None
     data["work_dir"] = variables["work_dir"]
     resolved: dict[str, Any] = {}
-    problems = []
     for key, value in data.items():
-        if key == "stages":
+        if key == "stages" and isinstance(value, dict):
             stages: dict[str, Any] = {}
             for stage_name, stage in value.items():
                 stage_vars = {**variables, "stage": stage_name}
@@ -121,5 +123,5 @@ def load_spec(path: str | Path, *, work_dir: str | Path | None = None) -> Spec:
         else:
             resolved[key] = value
     if problems:
-        raise SpecError(problems)
+        raise SpecError(sorted(set(problems)))
     return Spec(path, resolved, positions)

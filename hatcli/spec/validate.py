@@ -75,8 +75,15 @@ def _to_problems(error: ValidationError, positions: Positions) -> Iterator[Probl
         hint = did_you_mean(error.instance, [str(v) for v in error.validator_value])
         yield positions.problem(path, f"{error.message}{hint}")
         return
-    if error.validator == "propertyNames":
-        yield positions.problem(path, f"name {error.instance!r} is not allowed", at_key=True)
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        for key in missing:
+            yield positions.problem(path, f"missing required key {key!r}")
+        return
+    if "propertyNames" in error.schema_path:
+        yield positions.problem(
+            (*path, str(error.instance)), f"name {error.instance!r} is not allowed", at_key=True
+        )
         return
     yield positions.problem(path, error.message)
 
@@ -99,7 +106,9 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
         where: JsonPath = ("stages", stage_name)
         if "model" not in stage and "model" not in data:
             problems.append(
-                positions.problem(where, "no model: set 'model' at the top level or in this stage")
+                positions.problem(
+                    where, "no model: set 'model' at the top level or in this stage", at_key=True
+                )
             )
         if "num_epochs" in stage and "num_steps" in stage:
             problems.append(
@@ -111,17 +120,24 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
         if not trains:
             continue
         if "optimizer" not in stage:
-            problems.append(positions.problem(where, "this stage trains but has no 'optimizer'"))
+            problems.append(
+                positions.problem(where, "this stage trains but has no 'optimizer'", at_key=True)
+            )
         splits = stage.get("data") or top_data
         if "train" not in splits:
             problems.append(
-                positions.problem(where, "this stage trains but no 'train' data loader is set")
+                positions.problem(
+                    where, "this stage trains but no 'train' data loader is set", at_key=True
+                )
             )
     return problems
 
 
 def validate(data: dict[str, Any], positions: Positions) -> list[Problem]:
     """Every problem in a loaded spec, or an empty list."""
-    problems = _schema_problems(data, positions)
-    problems += _stage_problems(data, positions)
-    return sorted(set(problems))
+    problems = _schema_problems(data, positions) + _stage_problems(data, positions)
+    # A mistake inside an anchor shows up at every alias; report it once, at its place.
+    unique: dict[tuple[int, int, str], Problem] = {}
+    for problem in sorted(set(problems), key=lambda p: (p.line, p.column, len(p.path))):
+        unique.setdefault((problem.line, problem.column, problem.message), problem)
+    return sorted(unique.values())

@@ -21,16 +21,21 @@ def npz_arrays(
     if not file.is_file():
         raise FileNotFoundError(f"npz file not found: {file}")
     try:
-        with np.load(file, allow_pickle=False) as arrays:
-            missing = [k for k in (inputs_key, targets_key) if k not in arrays.files]
-            if missing:
-                raise ValueError(
-                    f"{file} has no array {missing[0]!r}; it holds: {', '.join(arrays.files)}"
-                )
-            inputs = arrays[inputs_key]
-            targets = arrays[targets_key]
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ValueError(f"{file} is not a readable .npz file: {exc}") from None
+        loaded = np.load(file, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise ValueError(f"{file} is not a readable .npz file") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{file} holds a single array (.npy), not named arrays (.npz)")
+    with loaded as arrays:
+        missing = [k for k in (inputs_key, targets_key) if k not in arrays.files]
+        if missing:
+            raise ValueError(
+                f"{file} has no array {missing[0]!r}; it holds: {', '.join(arrays.files)}"
+            )
+        try:
+            inputs, targets = arrays[inputs_key], arrays[targets_key]
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise ValueError(f"{file} is damaged: {exc}") from None
     if len(inputs) != len(targets):
         raise ValueError(
             f"{file}: {inputs_key} has {len(inputs)} samples but {targets_key} has {len(targets)}"

@@ -1,0 +1,175 @@
+"""Every mistake in a spec is one located line: FILE:LINE:COL: path: message."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import hatcli
+from hatcli.errors import SpecError
+from hatcli.spec.loader import MAX_EXPANDED_NODES
+
+GOOD = """\
+version: 1
+name: digits
+work_dir: "{work_dir_value}"
+model: &model {type: DigitsNet, num_classes: 10}
+data:
+  train: {type: Digits, split: train, batch_size: 64, shuffle: true}
+  val: {type: Digits, split: val, batch_size: 256}
+stages:
+  float:
+    optimizer: {type: SGD, lr: 0.1, momentum: 0.9}
+    lr_scheduler: {type: CosineAnnealingLR}
+    num_epochs: 1
+    callbacks:
+      - {type: Validation}
+      - {type: Checkpoint, name_prefix: float-, monitor_metric_key: accuracy}
+"""
+
+# (name, replace this text of GOOD, with this, expected "line:col", expected fragment)
+CASES = [
+    ("unknown top key", "name: digits", "name: digits\nnmae: x", "3:1", "did you mean 'name'"),
+    ("wrong version", "version: 1", "version: 2", "1:10", "version: 1 was expected"),
+    ("unknown model", "DigitsNet,", "DigitNet,", "4:22", "did you mean 'DigitsNet'"),
+    ("model param typo", "num_classes: 10", "num_clases: 10", "4:33", "unknown key 'num_clases'"),
+    ("model param type", "num_classes: 10", "num_classes: ten", "4:46", "'ten' is not of type"),
+    ("batch size", "batch_size: 64", "batch_size: 0", "6:51", "less than the minimum of 1"),
+    ("dataset enum", "split: val,", "split: vall,", "7:30", "did you mean 'val'"),
+    ("optimizer unknown", "type: SGD", "type: SDG", "10:23", "did you mean 'SGD'"),
+    ("optimizer key", "momentum: 0.9", "momentm: 0.9", "10:37", "did you mean 'momentum'"),
+    ("optimizer value", "lr: 0.1", "lr: fast", "10:32", "'fast' is not of type 'number'"),
+    ("scheduler required", "CosineAnnealingLR}", "StepLR}", "11:19", "missing required key"),
+    ("negative epochs", "num_epochs: 1", "num_epochs: -1", "12:17", "less than the minimum of 0"),
+    ("callback unknown", "{type: Validation}", "{type: Validaton}", "14:16", "'Validation'"),
+    ("callback enum", "accuracy}", "accuracy, mode: maxx}", "15:85", "did you mean 'max'"),
+    ("stage key", "    num_epochs: 1", "    num_epoch: 1", "12:5", "did you mean 'num_epochs'"),
+    ("placeholder", "name_prefix: float-", "name_prefix: '{stag}-'", "15:41", "{stag}"),
+    (
+        "qat mode",
+        "    num_epochs: 1",
+        "    num_epochs: 1\n    model_convert_pipeline: {qat_mode: fusebn}",
+        "13:40",
+        "did you mean 'fuse_bn'",
+    ),
+    (
+        "epochs and steps",
+        "    num_epochs: 1",
+        "    num_epochs: 1\n    num_steps: 5",
+        "13:5",
+        "not both",
+    ),
+    (
+        "no optimizer",
+        "    optimizer: {type: SGD, lr: 0.1, momentum: 0.9}\n",
+        "",
+        "9:3",
+        "no 'optimizer'",
+    ),
+    ("no model", "model: &model {type: DigitsNet, num_classes: 10}\n", "", "8:3", "no model"),
+    ("tag", "name: digits", "name: !!python/name:os.system digits", "2:7", "not allowed"),
+    ("duplicate key", "name: digits", "name: digits\nname: again", "3:1", "duplicate key"),
+    ("yaml syntax", "callbacks:", "callbacks: [", "14:7", "YAML"),
+    ("stage name all", "  float:", "  all:", "9:3", "name 'all' is not allowed"),
+]
+
+
+def write_spec(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text.replace("{work_dir_value}", str(tmp_path / "runs")))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_broken_spec_is_one_located_line(
+    tmp_path: Path, old: str, new: str, where: str, fragment: str
+) -> None:
+    assert old in GOOD
+    path = write_spec(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(SpecError) as info:
+        hatcli.load_spec(path)
+    lines = [str(p) for p in info.value.problems]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{path}:{where}: "), lines
+    assert fragment in lines[0]
+
+
+def test_good_spec_loads(tmp_path: Path) -> None:
+    spec = hatcli.load_spec(write_spec(tmp_path, GOOD))
+    assert spec.stage_names == ["float"]
+    assert spec.stage("float").get("model") == {"type": "DigitsNet", "num_classes": 10}
+
+
+def test_every_problem_is_reported_sorted_by_position(tmp_path: Path) -> None:
+    text = GOOD.replace("num_epochs: 1", "num_epochs: -1").replace("DigitsNet,", "Digitz,")
+    text = text.replace("batch_size: 64", "batch_size: 0")
+    with pytest.raises(SpecError) as info:
+        hatcli.load_spec(write_spec(tmp_path, text))
+    lines = [p.line for p in info.value.problems]
+    assert lines == [4, 6, 12]
+
+
+def test_aliases_and_interpolation(tmp_path: Path) -> None:
+    text = GOOD.replace('work_dir: "{work_dir_value}"', 'work_dir: "{work_dir_value}/{name}"')
+    text += (
+        "      - {type: Checkpoint, save_dir: '{work_dir}/{stage}/ckpt', name_prefix: '{{x}}'}\n"
+    )
+    text += "  qat:\n    model: *model\n    num_epochs: 0\n"
+    spec = hatcli.load_spec(write_spec(tmp_path, text))
+    assert spec.work_dir == tmp_path / "runs" / "digits"
+    last = spec.stage("float").get("callbacks")[-1]
+    assert last["save_dir"] == f"{tmp_path}/runs/digits/float/ckpt"
+    assert last["name_prefix"] == "{x}"
+    assert spec.stage("qat").get("model") == spec.stage("float").get("model")
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        refs = ", ".join([f"*a{i - 1}"] * 10)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecError) as info:
+        hatcli.load_spec(path)
+    assert f"more than {MAX_EXPANDED_NODES} nodes" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("", "the spec is empty"),
+        ("- a\n- b\n", "must be a mapping, not a list"),
+        ("just text\n", "must be a mapping, not a single value"),
+        (b"\xff\xfe\x00bad", "not UTF-8"),
+    ],
+)
+def test_unusable_files(tmp_path: Path, content: str | bytes, fragment: str) -> None:
+    path = tmp_path / "spec.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(SpecError) as info:
+        hatcli.load_spec(path)
+    assert str(info.value).startswith(f"{path}:1:1: ")
+    assert fragment in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="file not found"):
+        hatcli.load_spec(tmp_path / "nope.yaml")
+
+
+def test_spec_cannot_run_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    text = GOOD + textwrap.dedent(f"""\
+        x-evil: !!python/object/apply:os.system ["touch {marker}"]
+        """)
+    with pytest.raises(SpecError, match="not allowed"):
+        hatcli.load_spec(write_spec(tmp_path, text))
+    assert not marker.exists()
