@@ -129,7 +129,10 @@ def build_context(spec: Spec, stage_name: str, *, quiet: bool = True) -> LoopCon
     """Everything a stage needs, assembled and checked, before any training starts."""
     stage = spec.stage(stage_name)
     seed_everything(int(stage.get("seed")))
-    device = resolve_device(stage.get("device"))
+    try:
+        device = resolve_device(stage.get("device"))
+    except InputError as exc:
+        raise located(spec.positions, stage.where("device"), str(exc)) from None
     convert = ConvertContext(stage.name, DEFAULT_QAT_MODE, spec.positions)
     model = build_model(spec, stage, context=convert).to(device)
     splits = stage.get("data") or {}
