@@ -33,6 +33,7 @@ class ProgressReporter(Callback):
                 MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]} lr {task.fields[lr]}"),
                 TextColumn("{task.fields[speed]} samples/s"),
+                TextColumn("{task.fields[metrics]}"),
                 TimeElapsedColumn(),
                 console=self.console,
             )
@@ -45,6 +46,7 @@ class ProgressReporter(Callback):
                 loss="-",
                 lr="-",
                 speed="-",
+                metrics="",
             )
             self.progress.start()
 
@@ -67,6 +69,9 @@ class ProgressReporter(Callback):
         )
 
     def on_epoch_end(self, ctx: LoopContext) -> None:
+        if self.progress is not None and self.task is not None:
+            shown = " ".join(f"{k} {v:.4f}" for k, v in ctx.metrics.items())
+            self.progress.update(self.task, metrics=shown)
         if self.quiet or self.progress is not None:
             return
         elapsed = time.perf_counter() - self._epoch_started

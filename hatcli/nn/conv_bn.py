@@ -22,7 +22,24 @@ class ConvBN2d(nn.Module):
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
         )
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn: nn.Module = nn.BatchNorm2d(out_channels)
+        self.fused = False
+
+    def fuse_model(self) -> None:
+        """Prepare for QAT according to the qat_mode.
+
+        ``fuse_bn``: fold BN into the conv (the conv gains a bias, ``bn`` becomes Identity);
+        the eval output is unchanged up to float rounding. With-BN modes: only mark the
+        block fused, so QAT keeps the BN. Calling it again does nothing.
+        """
+        # Imported here: hatcli.quant imports hatcli.nn for its swap tables.
+        from hatcli.quant.fuse_modules import fold_bn_into_conv_
+        from hatcli.quant.qat_mode import QATMode, get_qat_mode
+
+        if get_qat_mode() is QATMode.FuseBN and isinstance(self.bn, nn.BatchNorm2d):
+            fold_bn_into_conv_(self.conv, self.bn)
+            self.bn = nn.Identity()
+        self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from hatcli.nn import ConvBNAddReLU2d, ConvBNReLU2d
+from hatcli.quant import DeQuantStub, QuantStub, qconfig_manager
 
 
 class DigitsNet(nn.Module):
@@ -13,19 +14,33 @@ class DigitsNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 1) -> None:
         super().__init__()
+        self.quant = QuantStub()
         self.stem = ConvBNReLU2d(in_channels, width, 3, padding=1)
         self.block_conv1 = ConvBNReLU2d(width, width, 3, padding=1)
         self.block_conv2 = ConvBNAddReLU2d(width, width, 3, padding=1)
         self.down = ConvBNReLU2d(width, 2 * width, 3, stride=2, padding=1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(2 * width, num_classes)
+        self.dequant = DeQuantStub()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quant(x)
         x = self.stem(x)
         x = self.block_conv2(self.block_conv1(x), x)
         x = self.down(x)
         x = self.pool(x).flatten(1)
-        return self.classifier(x)
+        return self.dequant(self.classifier(x))
+
+    def fuse_model(self) -> None:
+        """Fuse every child that can (conv-BN blocks fold BN under qat_mode fuse_bn)."""
+        for child in self.children():
+            if hasattr(child, "fuse_model"):
+                child.fuse_model()
+
+    def set_qconfig(self) -> None:
+        """int8 everywhere; the classifier keeps an unquantized (int32) output."""
+        self.qconfig = qconfig_manager.get_default_qat_qconfig()
+        self.classifier.qconfig = qconfig_manager.get_default_qat_out_qconfig()
 
 
 SCHEMA = {

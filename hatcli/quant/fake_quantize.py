@@ -1,0 +1,106 @@
+"""FakeQuantize: observe a tensor's range, then round it to the int8 grid and back (STE)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from hatcli.quant.observer import (
+    QUANT_MAX,
+    QUANT_MIN,
+    MovingAverageMinMaxObserver,
+    PerChannelMinMaxObserver,
+    _Observer,
+)
+from hatcli.quant.qat_tensor import QATTensor, plain
+
+
+class FakeQuantize(nn.Module):
+    """Simulated int8 quantization with torch's own fake-quantize kernels.
+
+    The enabled observer updates only in training mode, except that an observer which has
+    seen nothing initialises from the first batch in either mode. Rounding is torch's
+    (half to even); the gradient is straight-through inside the range, zero outside it.
+    Per-tensor outputs are QATTensors, which carry the scale. The enable flags are
+    buffers, so they are saved with the model.
+    """
+
+    fake_quant_enabled: torch.Tensor
+    observer_enabled: torch.Tensor
+
+    def __init__(self, observer: Callable[[], _Observer] = MovingAverageMinMaxObserver) -> None:
+        super().__init__()
+        self.activation_post_process = observer()
+        self.quant_min = QUANT_MIN
+        self.quant_max = QUANT_MAX
+        self.register_buffer("fake_quant_enabled", torch.tensor(1, dtype=torch.uint8))
+        self.register_buffer("observer_enabled", torch.tensor(1, dtype=torch.uint8))
+
+    @property
+    def ch_axis(self) -> int | None:
+        """The channel axis of a per-channel FakeQuantize, ``None`` for per-tensor."""
+        obs = self.activation_post_process
+        return obs.ch_axis if isinstance(obs, PerChannelMinMaxObserver) else None
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The current float32 scale (0-d per tensor, 1-d per channel)."""
+        return self.activation_post_process.calculate_qparams()[0]
+
+    def enable_fake_quant(self, enabled: bool = True) -> FakeQuantize:
+        self.fake_quant_enabled.fill_(int(enabled))
+        return self
+
+    def disable_fake_quant(self) -> FakeQuantize:
+        return self.enable_fake_quant(False)
+
+    def enable_observer(self, enabled: bool = True) -> FakeQuantize:
+        self.observer_enabled.fill_(int(enabled))
+        return self
+
+    def disable_observer(self) -> FakeQuantize:
+        return self.enable_observer(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        obs = self.activation_post_process
+        if bool(self.observer_enabled) and (self.training or not obs.initialized):
+            obs(x)
+        if not bool(self.fake_quant_enabled):
+            return x
+        scale, zero_point = obs.calculate_qparams()
+        scale = scale.to(x.device)
+        zero_point = zero_point.to(x.device)
+        axis = self.ch_axis
+        if axis is None:
+            y = torch.fake_quantize_per_tensor_affine(
+                plain(x), scale, zero_point, self.quant_min, self.quant_max
+            )
+            return QATTensor.wrap(y, scale)
+        return torch.fake_quantize_per_channel_affine(
+            x, scale, zero_point, axis, self.quant_min, self.quant_max
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"fake_quant_enabled={bool(self.fake_quant_enabled)}, "
+            f"observer_enabled={bool(self.observer_enabled)}"
+        )
+
+
+def fake_quantize_bias(
+    bias: torch.Tensor | None, input_scale: torch.Tensor | None, weight_scale: torch.Tensor
+) -> torch.Tensor | None:
+    """Round a bias to the int32 grid of ``input_scale * weight_scale`` (per channel), as the
+    integer model stores it; straight-through gradient. A bias whose input scale is
+    unknown (``None``: the input was not fake-quantized) is returned unchanged.
+
+    Computed in float64, exactly as the conversion does, so both pick the same integers.
+    """
+    if bias is None or input_scale is None:
+        return bias
+    acc_scale = (input_scale.double() * weight_scale.double()).abs()
+    i32 = torch.iinfo(torch.int32)
+    q = torch.round(bias.detach().double() / acc_scale).clamp(i32.min, i32.max)
+    return bias + ((q * acc_scale).to(bias.dtype) - bias).detach()

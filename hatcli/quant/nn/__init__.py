@@ -1,0 +1,1 @@
+"""Quantized module families: ``qat`` (fake-quantized float) and ``quantized`` (integer)."""

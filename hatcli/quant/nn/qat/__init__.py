@@ -1,0 +1,32 @@
+"""QAT modules: float ops with fake-quantized weights and outputs."""
+
+from hatcli.quant.nn.qat.activation import ReLU, ReLU6
+from hatcli.quant.nn.qat.conv_bn import (
+    Conv2d,
+    ConvBN2d,
+    ConvBNAdd2d,
+    ConvBNAddReLU2d,
+    ConvBNReLU2d,
+    ConvBNReLU62d,
+)
+from hatcli.quant.nn.qat.functional import QFunctional
+from hatcli.quant.nn.qat.linear import Linear, LinearReLU
+from hatcli.quant.nn.qat.pooling import AdaptiveAvgPool2d
+from hatcli.quant.nn.qat.stubs import DeQuantStub, QuantStub
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "Conv2d",
+    "ConvBN2d",
+    "ConvBNAdd2d",
+    "ConvBNAddReLU2d",
+    "ConvBNReLU2d",
+    "ConvBNReLU62d",
+    "DeQuantStub",
+    "Linear",
+    "LinearReLU",
+    "QFunctional",
+    "QuantStub",
+    "ReLU",
+    "ReLU6",
+]

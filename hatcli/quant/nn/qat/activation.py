@@ -1,0 +1,45 @@
+"""QAT activations outside fused blocks.
+
+ReLU keeps its input's grid (and scale), so it needs no fake-quant; ReLU6 may clip at a
+value off the grid, so its output is fake-quantized.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hatcli.quant.nn.qat._activation_out import output_fake_quant
+from hatcli.quant.qconfig import QConfig
+
+
+class ReLU(nn.Module):
+    """``relu(x)``; the integer version is a clamp at 0 with the input's scale."""
+
+    def __init__(self, qconfig: QConfig | None = None) -> None:
+        super().__init__()
+        self.qconfig = qconfig
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> ReLU:
+        return cls(qconfig if qconfig is not None else getattr(mod, "qconfig", None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+class ReLU6(nn.Module):
+    """``FQ(relu6(x))``."""
+
+    def __init__(self, qconfig: QConfig) -> None:
+        super().__init__()
+        self.qconfig = qconfig
+        self.activation_post_process = output_fake_quant("ReLU6", qconfig)
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> ReLU6:
+        return cls(qconfig if qconfig is not None else mod.qconfig)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation_post_process(F.relu6(x))

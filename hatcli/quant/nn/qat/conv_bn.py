@@ -1,0 +1,186 @@
+"""QAT conv and conv-BN blocks; the qat_mode lives here.
+
+With ``s = gamma / sqrt(running_var + eps)`` per output channel, ``FQ`` the weight's
+per-channel fake-quantizer and ``post`` = (residual add) -> activation -> output FQ:
+
+- BN folded (``fuse_bn``, or after ``fuse_norm()``): ``post(conv(x, FQ(W)) + b)``
+- ``with_bn``: ``post(bn(conv(x, FQ(W)) + b))``
+- ``with_bn_reverse_fold``: ``post(bn(conv(x, FQ(W * s)) / s + b))``; the weight scale is
+  learned on ``W * s``, the weight BN absorption will produce, so absorbing is lossless.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+import hatcli.nn as float_nn
+from hatcli.quant.fake_quantize import fake_quantize_bias
+from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias, fold_bn_into_conv_
+from hatcli.quant.qat_mode import QATMode, get_qat_mode
+from hatcli.quant.qat_tensor import input_scale, plain
+from hatcli.quant.qconfig import QConfig
+
+
+def _qconfig_of(mod: nn.Module, qconfig: QConfig | None) -> QConfig:
+    qconfig = qconfig if qconfig is not None else getattr(mod, "qconfig", None)
+    if qconfig is None:
+        raise ValueError(f"{type(mod).__name__}.from_float needs a qconfig")
+    if qconfig.weight is None:
+        raise ValueError(f"{type(mod).__name__} holds weights: its qconfig needs a weight")
+    return qconfig
+
+
+class Conv2d(nn.Module):
+    """QAT ``nn.Conv2d``: the base of the conv-BN blocks, with BN and activation absent."""
+
+    _FLOAT: ClassVar[type[nn.Module]] = nn.Conv2d
+    has_residual: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        qconfig: QConfig,
+        bn: nn.Module | None = None,
+        act: nn.Module | None = None,
+        qat_mode: QATMode | str = QATMode.FuseBN,
+    ) -> None:
+        super().__init__()
+        assert qconfig.weight is not None
+        self.qconfig = qconfig
+        self.qat_mode = QATMode(qat_mode)
+        self.conv = conv
+        self.bn = bn if bn is not None else nn.Identity()
+        self.act = act if act is not None else nn.Identity()
+        if self.has_bn and self.conv.bias is None:
+            # A zero bias from the start: absorbing BN then keeps every Parameter object.
+            w = self.conv.weight
+            self.conv.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+        self.weight_fake_quant = qconfig.weight()
+        self.activation_post_process = (
+            qconfig.activation() if qconfig.activation is not None else None
+        )
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> Conv2d:
+        """Build from the float module, sharing its conv Parameters. Under ``fuse_bn`` a BN
+        that ``fuse_model()`` did not fold is folded into a copy of the conv."""
+        if type(mod) is not cls._FLOAT:
+            raise TypeError(f"{cls.__name__}.from_float expects {cls._FLOAT.__name__}")
+        qconfig = _qconfig_of(mod, qconfig)
+        if isinstance(mod, nn.Conv2d):
+            return cls(mod, qconfig, qat_mode=get_qat_mode())
+        mode = get_qat_mode()
+        conv, bn = mod.conv, mod.bn
+        if mode is QATMode.FuseBN and isinstance(bn, nn.BatchNorm2d):
+            conv = copy.deepcopy(conv)
+            fold_bn_into_conv_(conv, bn)
+            bn = nn.Identity()
+        return cls(conv, qconfig, bn=bn, act=getattr(mod, "act", None), qat_mode=mode)
+
+    @property
+    def has_bn(self) -> bool:
+        """Whether a BatchNorm is still separate from the conv."""
+        return isinstance(self.bn, nn.modules.batchnorm._BatchNorm)
+
+    def _conv_bn(self, x: torch.Tensor) -> torch.Tensor:
+        conv, fq = self.conv, self.weight_fake_quant
+        s_in = input_scale(x)
+        x = plain(x)
+        if not self.has_bn:
+            w = fq(conv.weight)
+            return conv._conv_forward(x, w, fake_quantize_bias(conv.bias, s_in, fq.scale))
+        bn = self.bn
+        s = bn_scale(bn)  # type: ignore[arg-type]
+        reverse = self.qat_mode is QATMode.WithBNReverseFold
+        w = fq(conv.weight * channel_view(s, conv.weight.dim())) if reverse else fq(conv.weight)
+        if bn.training:
+            if not reverse:
+                return bn(conv._conv_forward(x, w, conv.bias))
+            y = conv._conv_forward(x, w, None) / s.reshape(1, -1, 1, 1)
+            if conv.bias is not None:
+                y = y + conv.bias.reshape(1, -1, 1, 1)
+            return bn(y)
+        # Eval: BN with running stats is affine, computed in the folded form the integer
+        # model uses (same weight integers, bias rounded to the same int32 grid).
+        # float64, as the conversion computes it, so both round the bias alike
+        w_scale = fq.scale.double() if reverse else fq.scale.double() * s.double()
+        bias = fake_quantize_bias(fold_bn_bias(conv.bias, bn), s_in, w_scale)  # type: ignore[arg-type]
+        y = conv._conv_forward(x, w, None)
+        if not reverse:
+            y = y * s.reshape(1, -1, 1, 1)
+        return y + bias.reshape(1, -1, 1, 1)  # type: ignore[union-attr]
+
+    def _post(self, y: torch.Tensor) -> torch.Tensor:
+        y = self.act(y)
+        app = self.activation_post_process
+        return app(y) if app is not None else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._post(self._conv_bn(x))
+
+    @torch.no_grad()
+    def fuse_norm(self) -> dict[nn.Parameter, nn.Parameter | None]:
+        """Absorb BN into the conv in place: ``W' = W * s``, ``b' = (b - mean) * s + beta``.
+
+        The conv's weight and bias stay the same Parameter objects (an optimizer holding
+        them keeps training the fused ones); BN's gamma and beta drop out of the model.
+        Returns the old -> new Parameter mapping (``None``: no longer used). Under
+        ``with_bn_reverse_fold`` the eval output is unchanged; under ``with_bn`` it
+        changes, since the weight scale was learned on ``W`` rather than ``W * s``.
+        """
+        if not self.has_bn:
+            return {}
+        bn = self.bn
+        fold_bn_into_conv_(self.conv, bn)  # type: ignore[arg-type]
+        self.bn = nn.Identity()
+        mapping: dict[nn.Parameter, nn.Parameter | None] = {
+            self.conv.weight: self.conv.weight,
+        }
+        if self.conv.bias is not None:
+            mapping[self.conv.bias] = self.conv.bias
+        for p in bn.parameters():
+            mapping[p] = None
+        return mapping
+
+    absorb_bn = fuse_norm
+
+    def extra_repr(self) -> str:
+        return f"qat_mode={self.qat_mode.value}"
+
+
+class ConvBN2d(Conv2d):
+    """QAT ``hatcli.nn.ConvBN2d``."""
+
+    _FLOAT = float_nn.ConvBN2d
+
+
+class ConvBNReLU2d(Conv2d):
+    """QAT ``hatcli.nn.ConvBNReLU2d``."""
+
+    _FLOAT = float_nn.ConvBNReLU2d
+
+
+class ConvBNReLU62d(Conv2d):
+    """QAT ``hatcli.nn.ConvBNReLU62d``."""
+
+    _FLOAT = float_nn.ConvBNReLU62d
+
+
+class ConvBNAdd2d(Conv2d):
+    """QAT ``hatcli.nn.ConvBNAdd2d``: the residual joins before the output fake-quant."""
+
+    _FLOAT = float_nn.ConvBNAdd2d
+    has_residual = True
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self._post(self._conv_bn(x) + residual)
+
+
+class ConvBNAddReLU2d(ConvBNAdd2d):
+    """QAT ``hatcli.nn.ConvBNAddReLU2d``."""
+
+    _FLOAT = float_nn.ConvBNAddReLU2d

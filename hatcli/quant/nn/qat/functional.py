@@ -1,0 +1,36 @@
+"""QAT QFunctional: ``add``, ``cat`` and ``mul`` followed by an output fake-quant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hatcli.quant.nn.qat._activation_out import output_fake_quant
+from hatcli.quant.qconfig import QConfig
+
+
+class QFunctional(nn.Module):
+    """One call site's elementwise op with its own output scale."""
+
+    def __init__(self, qconfig: QConfig) -> None:
+        super().__init__()
+        self.qconfig = qconfig
+        self.activation_post_process = output_fake_quant("QFunctional", qconfig)
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> QFunctional:
+        return cls(qconfig if qconfig is not None else mod.qconfig)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("QFunctional is not called directly: use .add, .cat or .mul")
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.activation_post_process(torch.add(a, b))
+
+    def cat(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+        return self.activation_post_process(torch.cat(list(tensors), dim=dim))
+
+    def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.activation_post_process(torch.mul(a, b))

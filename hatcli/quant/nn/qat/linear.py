@@ -1,0 +1,56 @@
+"""QAT linear layers: ``act(linear(x, FQ(W)) + b)`` then the output fake-quant."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hatcli.nn as float_nn
+from hatcli.quant.fake_quantize import fake_quantize_bias
+from hatcli.quant.nn.qat.conv_bn import _qconfig_of
+from hatcli.quant.qat_tensor import input_scale, plain
+from hatcli.quant.qconfig import QConfig
+
+
+class Linear(nn.Module):
+    """QAT ``nn.Linear``; with ``act`` set, the fused linear + activation."""
+
+    _FLOAT: ClassVar[type[nn.Module]] = nn.Linear
+
+    def __init__(self, linear: nn.Linear, qconfig: QConfig, act: nn.Module | None = None) -> None:
+        super().__init__()
+        assert qconfig.weight is not None
+        self.qconfig = qconfig
+        self.linear = linear
+        self.act = act if act is not None else nn.Identity()
+        self.weight_fake_quant = qconfig.weight()
+        self.activation_post_process = (
+            qconfig.activation() if qconfig.activation is not None else None
+        )
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> Linear:
+        """Build from the float module, sharing its Parameters."""
+        if type(mod) is not cls._FLOAT:
+            raise TypeError(f"{cls.__name__}.from_float expects {cls._FLOAT.__name__}")
+        qconfig = _qconfig_of(mod, qconfig)
+        if isinstance(mod, nn.Linear):
+            return cls(mod, qconfig)
+        return cls(mod.linear, qconfig, act=mod.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lin, fq = self.linear, self.weight_fake_quant
+        s_in = input_scale(x)
+        w = fq(lin.weight)
+        y = self.act(F.linear(plain(x), w, fake_quantize_bias(lin.bias, s_in, fq.scale)))
+        app = self.activation_post_process
+        return app(y) if app is not None else y
+
+
+class LinearReLU(Linear):
+    """QAT ``hatcli.nn.LinearReLU``."""
+
+    _FLOAT = float_nn.LinearReLU

@@ -1,0 +1,45 @@
+"""Integer activations: ReLU is a clamp at 0 keeping the scale; ReLU6 requantizes to its
+output scale and clamps at ``round(6 / s_out)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hatcli.quant.nn import qat
+from hatcli.quant.nn.quantized.base import IntegerModule, clamp_bounds
+from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
+from hatcli.quant.qtensor import QTensor
+
+
+class ReLU(IntegerModule):
+    """``max(q, 0)``."""
+
+    @classmethod
+    def from_qat(cls, mod: qat.ReLU) -> ReLU:
+        return cls()
+
+    def forward(self, x: torch.Tensor) -> QTensor:
+        xi, s_in = self._int8_input(x)
+        return QTensor(xi.clamp(min=0), torch.tensor(s_in, dtype=torch.float32))
+
+
+class ReLU6(IntegerModule):
+    """``clamp(round(q * s_in / s_out), 0, round(6 / s_out))``."""
+
+    output_scale: torch.Tensor
+
+    def __init__(self, output_scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("output_scale", output_scale.detach().float().reshape(()))
+        self.qmin, self.qmax = clamp_bounds(nn.ReLU6(), self.output_scale)
+
+    @classmethod
+    def from_qat(cls, mod: qat.ReLU6) -> ReLU6:
+        return cls(mod.activation_post_process.scale)
+
+    def forward(self, x: torch.Tensor) -> QTensor:
+        xi, s_in = self._int8_input(x)
+        factor = torch.tensor(s_in, dtype=torch.float64) / self.output_scale.double()
+        (m,), shift = quantize_multiplier(factor)
+        return QTensor(requantize([(xi, m)], shift, self.qmin, self.qmax), self.output_scale)

@@ -1,0 +1,49 @@
+"""Integer QFunctional: add and cat rescale every input to the output scale; mul
+multiplies the integers and rescales by ``s_a * s_b / s_out``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from hatcli.quant.nn import qat
+from hatcli.quant.nn.quantized.base import IntegerModule
+from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
+from hatcli.quant.qtensor import QTensor
+
+
+class QFunctional(IntegerModule):
+    """Integer ``add``, ``cat`` and ``mul`` with one output scale."""
+
+    output_scale: torch.Tensor
+
+    def __init__(self, output_scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("output_scale", output_scale.detach().float().reshape(()))
+
+    @classmethod
+    def from_qat(cls, mod: qat.QFunctional) -> QFunctional:
+        return cls(mod.activation_post_process.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("QFunctional is not called directly: use .add, .cat or .mul")
+
+    def _requant(self, xs: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+        s_out = self.output_scale.double()
+        factors = [torch.tensor(s, dtype=torch.float64) / s_out for _, s in xs]
+        mults, shift = quantize_multiplier(*factors)
+        return requantize([(x, m) for (x, _), m in zip(xs, mults, strict=True)], shift)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
+        xa, xb = self._int8_input(a, "a"), self._int8_input(b, "b")
+        return QTensor(self._requant([xa, xb]), self.output_scale)
+
+    def cat(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> QTensor:
+        parts = [self._requant([self._int8_input(t, "tensors")]) for t in tensors]
+        return QTensor(torch.cat(parts, dim=dim), self.output_scale)
+
+    def mul(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
+        (xa, sa), (xb, sb) = self._int8_input(a, "a"), self._int8_input(b, "b")
+        prod = xa.to(torch.int32) * xb.to(torch.int32)
+        return QTensor(self._requant([(prod, sa * sb)]), self.output_scale)

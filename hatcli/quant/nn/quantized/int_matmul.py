@@ -1,0 +1,78 @@
+"""Exact int8 matrix products and convolution (im2col) with int32 accumulation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for int8 ``a`` [m, k] and ``b`` [k, n], exactly, as int32.
+
+    On CPU ``torch._int_mm`` takes any shape (checked on torch 2.13; it is ~50x faster
+    than an int64 matmul). CUDA requires m > 16 and k, n multiples of 8, so there the
+    operands are zero-padded to fit, which leaves the product unchanged. Anywhere
+    ``_int_mm`` is missing, a float64 matmul is exact too: every partial sum is an
+    integer below 2**53 while k < 2**38.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    if a.is_cuda:
+        pm, pk, pn = max(17 - m, 0), -k % 8, -n % 8
+        if pm or pk or pn:
+            a = F.pad(a, (0, pk, 0, pm))
+            b = F.pad(b, (0, pn, 0, pk))
+        try:
+            return torch._int_mm(a, b)[:m, :n]
+        except RuntimeError:
+            a, b = a[:m, :k], b[:k, :n]
+    elif hasattr(torch, "_int_mm"):
+        return torch._int_mm(a.contiguous(), b)
+    return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
+
+
+def conv_weight_mats(weight: torch.Tensor, groups: int) -> list[torch.Tensor]:
+    """int8 conv weight [O, C/groups, kh, kw] -> one [kh * kw * C/groups, O/groups] matrix
+    per group, rows in the (kh, kw, C) order ``int8_conv2d`` builds its columns in."""
+    per_group = weight.shape[0] // groups
+    w = weight.permute(0, 2, 3, 1)
+    return [
+        w[g * per_group : (g + 1) * per_group].reshape(per_group, -1).t().contiguous()
+        for g in range(groups)
+    ]
+
+
+def int8_conv2d(
+    x: torch.Tensor,
+    weight_mats: list[torch.Tensor],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """Exact int8 conv2d by im2col: ``x`` int8 [N, C, H, W]; ``weight_mats`` from
+    ``conv_weight_mats``. Returns the int32 accumulator channels-last, [N, OH, OW, O].
+
+    Columns are gathered from an NHWC copy, so each copied run is C contiguous bytes:
+    ~15x faster than gathering from NCHW. Channels-last input makes that copy free.
+    """
+    n = x.shape[0]
+    kh, kw = kernel_size
+    (sh, sw), (dh, dw) = stride, dilation
+    x = x.permute(0, 2, 3, 1)
+    if padding != (0, 0):
+        x = F.pad(x, (0, 0, padding[1], padding[1], padding[0], padding[0]))  # zero point 0
+    # Window extent with dilation; keep every dh-th / dw-th element of each window.
+    cols = x.unfold(1, (kh - 1) * dh + 1, sh).unfold(2, (kw - 1) * dw + 1, sw)
+    if dh != 1 or dw != 1:
+        cols = cols[..., ::dh, ::dw]
+    oh, ow = cols.shape[1], cols.shape[2]  # cols: [N, OH, OW, C, kh, kw]
+    groups = len(weight_mats)
+    cin = x.shape[3] // groups
+    outs = []
+    for g, w in enumerate(weight_mats):
+        c = cols[:, :, :, g * cin : (g + 1) * cin]
+        c = c.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, kh * kw * cin)
+        outs.append(int8_matmul(c, w))
+    acc = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+    return acc.view(n, oh, ow, -1)

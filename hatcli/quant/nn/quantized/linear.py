@@ -1,0 +1,54 @@
+"""Integer linear: int8 x int8 -> int32 (``torch._int_mm``), int32 bias, requantized."""
+
+from __future__ import annotations
+
+import torch
+
+from hatcli.quant.nn import qat
+from hatcli.quant.nn.quantized.base import clamp_bounds
+from hatcli.quant.nn.quantized.conv import Conv2d, integer_weight
+from hatcli.quant.nn.quantized.int_matmul import int8_matmul
+from hatcli.quant.nn.quantized.requantize import requantize
+from hatcli.quant.qtensor import QTensor
+
+
+class Linear(Conv2d):
+    """Integer linear (+ clamp activation); shares the conv's bias and multiplier logic."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor,
+        output_scale: torch.Tensor | None,
+        qmin: int = -128,
+        qmax: int = 127,
+    ) -> None:
+        super().__init__(weight, weight_scale, bias, output_scale, qmin=qmin, qmax=qmax)
+
+    @classmethod
+    def from_qat(cls, mod: qat.Linear) -> Linear:  # type: ignore[override]
+        lin = mod.linear
+        with torch.no_grad():
+            w_int, w_scale = integer_weight(mod.weight_fake_quant, lin.weight)
+            bias = lin.bias if lin.bias is not None else torch.zeros(w_int.shape[0])
+            app = mod.activation_post_process
+            out_scale = app.scale.detach() if app is not None else None
+            qmin, qmax = clamp_bounds(mod.act, out_scale)
+        return cls(w_int, w_scale, bias.detach(), out_scale, qmin, qmax)
+
+    def forward(self, x: torch.Tensor) -> QTensor:
+        xi, s_in = self._int8_input(x)
+        lead = xi.shape[:-1]
+        acc = int8_matmul(xi.reshape(-1, xi.shape[-1]), self.weight.t())
+        p = self._params(s_in)
+        acc = (acc + p.bias).reshape(*lead, -1)
+        if p.out_scale is not None:
+            return QTensor(acc, p.out_scale, axis=acc.dim() - 1)
+        assert p.shift is not None and self.output_scale is not None
+        q = requantize([(acc, p.mults[0])], p.shift, self.qmin, self.qmax)
+        return QTensor(q, self.output_scale)
+
+    def extra_repr(self) -> str:
+        o, i = self.weight.shape
+        return f"in_features={i}, out_features={o}, clamp=[{self.qmin}, {self.qmax}]"

@@ -1,0 +1,80 @@
+"""Requantization: rescale integers by an integer multiplier and a rounding right shift.
+
+A real factor ``M`` is represented as ``m / 2**shift`` with ``|m| < 2**31`` (int32) and
+``1 <= shift <= 62``; the result is ``round(sum(x_i * m_i) / 2**shift)``, rounded half to
+even (as torch's fake-quantize kernels round in QAT, so exact ties agree too).
+
+How it is computed: CPUs have no vectorised int64 multiply (torch's is ~100x slower than
+an int64 add), so when every ``|x_i| * |m_i|`` sum stays below 2**53 (checked on each
+call) the products are formed in float64, where they are exact integers, and scaling by
+``2**-shift`` is exact too; ``torch.round`` then rounds half to even. Otherwise the same
+value is computed in int64 with shifts. Both give the same bits (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_M_BITS = 31
+_MAX_SHIFT = 62
+
+
+def quantize_multiplier(*factors: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Integer multipliers sharing one shift (per element) for real factors of equal shape.
+
+    Returns ``([m_1, ...], shift)``, int64 tensors; ``m_i / 2**shift ≈ factors[i]``.
+    """
+    fs = [f.to(torch.float64) for f in torch.broadcast_tensors(*factors)]
+    biggest = torch.stack([f.abs() for f in fs]).amax(dim=0)
+    # The largest factor gets 31 significant bits; the others share its shift.
+    exp = torch.frexp(biggest.clamp(min=2.0**-_MAX_SHIFT)).exponent.to(torch.int64)
+    shift = (_M_BITS - exp).clamp(1, _MAX_SHIFT)
+    mults = [torch.round(torch.ldexp(f, shift)).to(torch.int64) for f in fs]
+    # Rounding can reach 2**31 exactly: drop one bit there.
+    over = torch.stack([m.abs() >= 2**_M_BITS for m in mults]).any(dim=0) & (shift > 1)
+    if bool(over.any()):
+        shift = shift - over.to(torch.int64)
+        mults = [torch.round(torch.ldexp(f, shift)).to(torch.int64) for f in fs]
+    if any(bool((m.abs() >= 2**_M_BITS).any()) for m in mults):
+        raise ValueError("requantization factor too large for an int32 multiplier")
+    return mults, shift
+
+
+def rounding_right_shift(v: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``round(v / 2**shift)``, half to even, for int64 ``v`` and ``shift >= 1``."""
+    floor = torch.bitwise_right_shift(v, shift)
+    half_minus_one = torch.bitwise_left_shift(torch.ones_like(shift), shift - 1) - 1
+    return torch.bitwise_right_shift(v + half_minus_one + (floor & 1), shift)
+
+
+def requantize(
+    terms: list[tuple[torch.Tensor, torch.Tensor]],
+    shift: torch.Tensor,
+    qmin: int = -128,
+    qmax: int = 127,
+    force_int64: bool = False,
+) -> torch.Tensor:
+    """``clamp(round(sum(x_i * m_i) / 2**shift), qmin, qmax)`` as int8.
+
+    ``terms`` pairs integer tensors with int64 multipliers broadcastable to them.
+    """
+    bound = sum(_abs_max(x) * _abs_max(m) for x, m in terms)
+    if bound < 2**52 and not force_int64:
+        # 1 / 2**shift: the reciprocal of a power of two is exact.
+        scale = 1.0 / torch.bitwise_left_shift(torch.ones_like(shift), shift).to(torch.float64)
+        acc_f = None
+        for x, m in terms:
+            t = x.to(torch.float64) * (m.to(torch.float64) * scale)
+            acc_f = t if acc_f is None else acc_f + t
+        assert acc_f is not None
+        return torch.round(acc_f).clamp_(qmin, qmax).to(torch.int8)
+    acc = None
+    for x, m in terms:
+        t = x.to(torch.int64) * m
+        acc = t if acc is None else acc + t
+    assert acc is not None
+    return rounding_right_shift(acc, shift).clamp_(qmin, qmax).to(torch.int8)
+
+
+def _abs_max(t: torch.Tensor) -> int:
+    return int(t.abs().max()) if t.numel() else 0

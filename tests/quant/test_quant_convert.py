@@ -1,0 +1,209 @@
+"""prepare_qat / convert on DigitsNet, and the integer model against QAT eval."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hat_models.digits_net import DigitsNet
+from quant_fixtures import float_digits_net, qat_digits_net
+from torch import nn
+
+from hatcli.nn import ConvBNReLU2d
+from hatcli.quant import (
+    QTensor,
+    QuantizationError,
+    QuantStub,
+    convert,
+    get_default_qat_qconfig,
+    prepare_qat,
+    set_qat_mode,
+)
+from hatcli.quant.nn import qat, quantized
+from hatcli.quant.nn.quantized.int_matmul import conv_weight_mats, int8_conv2d, int8_matmul
+from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
+
+MODES = ["fuse_bn", "with_bn", "with_bn_reverse_fold"]
+LAYERS = ["quant", "stem", "block_conv1", "block_conv2", "down", "pool"]
+
+
+def test_prepare_swaps_by_table_and_inherits_qconfig() -> None:
+    model = float_digits_net()
+    model.fuse_model()
+    model.set_qconfig()
+    q = prepare_qat(model, "fuse_bn")
+    assert isinstance(q.quant, qat.QuantStub) and isinstance(q.stem, qat.ConvBNReLU2d)
+    assert isinstance(q.block_conv2, qat.ConvBNAddReLU2d)
+    assert isinstance(q.pool, qat.AdaptiveAvgPool2d)
+    assert isinstance(q.classifier, qat.Linear) and q.classifier.activation_post_process is None
+    assert q.stem.qconfig is q.qconfig  # inherited from the parent
+    assert isinstance(model.stem, ConvBNReLU2d)  # not in place by default
+    weight = model.stem.conv.weight
+    q = prepare_qat(model, "fuse_bn", inplace=True)
+    assert q is model and q.stem.conv.weight is weight  # shares the float Parameters
+
+
+def test_qconfig_none_keeps_float_and_unsupported_weights_name_their_path() -> None:
+    model = nn.Sequential(QuantStub(), nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+    model.qconfig = get_default_qat_qconfig()
+    with pytest.raises(QuantizationError, match=r"^1\.1: BatchNorm2d holds weights"):
+        prepare_qat(model)
+    model[1][1].qconfig = None
+    q = prepare_qat(model)
+    assert isinstance(q[1][0], qat.Conv2d) and type(q[1][1]) is nn.BatchNorm2d
+
+
+def _compare(q: nn.Module, i: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per quantized layer: |QAT eval - integer| in units of that layer's output scale."""
+    outs: dict[tuple[str, str], torch.Tensor] = {}
+    for tag, model in (("q", q), ("i", i)):
+        for name in LAYERS:
+            getattr(model, name).register_forward_hook(
+                lambda m, a, o, key=(tag, name): outs.__setitem__(key, o)
+            )
+    with torch.no_grad():
+        yq, yi = q(x), i(x)
+    steps = {
+        n: (outs["q", n] - outs["i", n].dequantize()).abs() / outs["i", n].q_scale for n in LAYERS
+    }
+    # The classifier output is unquantized (int32); measure it in the scale an int8
+    # output would have.
+    steps["output"] = (yq - yi).abs() / (yq.abs().max() / 127.5)
+    return steps
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_integer_model_matches_qat_eval(mode: str, digits: tuple) -> None:
+    q = qat_digits_net(mode)
+    i = convert(q)
+    assert isinstance(i.stem, quantized.Conv2d) and isinstance(i.block_conv2, quantized.ConvAdd2d)
+    g = torch.Generator().manual_seed(2)
+    inputs = {
+        "digits": digits[0],
+        "uniform": torch.rand(1024, 1, 8, 8, generator=g),
+        "wide": torch.randn(1024, 1, 8, 8, generator=g) * 2,  # clips at the QuantStub
+    }
+    for kind, x in inputs.items():
+        for layer, step in _compare(q, i, x).items():
+            assert step.max() <= 2.0 + 1e-3, (kind, layer)
+            assert (step > 1.0 + 1e-3).float().mean() <= 1e-3, (kind, layer)
+    with torch.no_grad():
+        agree = (q(digits[0]).argmax(1) == i(digits[0]).argmax(1)).float().mean()
+    assert agree >= 0.99
+
+
+@pytest.mark.parametrize("mode", ["fuse_bn", "with_bn"])
+def test_quantized_classifier_output_within_one_scale(mode: str) -> None:
+    q = qat_digits_net(mode, out_qconfig=False)
+    i = convert(q)
+    x = torch.rand(1024, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        step = (q(x) - i(x)).abs() / i.classifier.output_scale
+    assert step.max() <= 2.0 + 1e-3 and (step > 1.0 + 1e-3).float().mean() <= 1e-3
+
+
+def test_integer_results_identical_across_batch_sizes(digits: tuple) -> None:
+    i = convert(qat_digits_net("with_bn"))
+    x = digits[0][:200]
+    with torch.no_grad():
+        whole = i(x)
+        parts = torch.cat([i(x[k : k + n]) for k, n in ((0, 1), (1, 63), (64, 136))])
+        again = i(x)
+    assert torch.equal(whole, parts) and torch.equal(whole, again)
+
+
+def test_integer_model_is_integer_between_the_stubs() -> None:
+    i = convert(qat_digits_net("fuse_bn"))
+    seen: dict[str, torch.Tensor] = {}
+    for name in [*LAYERS, "classifier"]:
+        getattr(i, name).register_forward_hook(lambda m, a, o, n=name: seen.__setitem__(n, o))
+    with torch.no_grad():
+        y = i(torch.rand(4, 1, 8, 8))
+    assert y.dtype == torch.float32 and type(y) is torch.Tensor
+    assert all(isinstance(o, QTensor) for o in seen.values())
+    assert all(seen[n].dtype == torch.int8 for n in LAYERS)
+    assert seen["classifier"].dtype == torch.int32 and seen["classifier"].q_axis == 1
+    assert all(b.dtype in (torch.int8, torch.float32, torch.float64) for b in i.buffers())
+    assert not list(i.parameters())
+
+
+def test_integer_model_refuses_training() -> None:
+    i = convert(qat_digits_net("fuse_bn"))
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        i.train()
+    i.stem.training = True
+    with pytest.raises(RuntimeError, match="cannot train"):
+        i(torch.rand(2, 1, 8, 8))
+    i.stem.training = False
+    with pytest.raises(RuntimeError, match="cannot backpropagate"):
+        i(torch.rand(2, 1, 8, 8, requires_grad=True))
+
+
+def test_qtensor_refuses_float_ops() -> None:
+    q = QTensor(torch.ones(2, 3, dtype=torch.int8), torch.tensor(0.5))
+    with pytest.raises(TypeError, match="not supported on a QTensor"):
+        torch.relu(q)
+    assert q.flatten().q_scale == 0.5 and q.dequantize().tolist() == [[0.5] * 3] * 2
+
+
+def test_int8_kernels_are_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (37, 300), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (300, 5), dtype=torch.int8, generator=g)
+    assert torch.equal(int8_matmul(a, b).long(), a.long() @ b.long())
+    x = torch.randint(-128, 128, (3, 4, 9, 7), dtype=torch.int8, generator=g)
+    w = torch.randint(-128, 128, (6, 2, 3, 3), dtype=torch.int8, generator=g)
+    for stride, pad, dil in (((1, 1), (1, 1), (1, 1)), ((2, 1), (0, 2), (2, 1))):
+        ref = nn.functional.conv2d(x.double(), w.double(), None, stride, pad, dil, groups=2)
+        acc = int8_conv2d(x, conv_weight_mats(w, 2), (3, 3), stride, pad, dil)
+        assert torch.equal(acc.permute(0, 3, 1, 2).double(), ref)
+
+
+def test_requantize_rounds_half_to_even_on_both_paths() -> None:
+    g = torch.Generator().manual_seed(0)
+    factors = torch.rand(16, dtype=torch.float64, generator=g) * torch.logspace(-6, 1, 16)
+    (m,), shift = quantize_multiplier(factors)
+    assert (m.abs() < 2**31).all()
+    assert ((m / 2.0 ** shift.double()) / factors - 1).abs().max() < 2**-30
+    acc = torch.randint(-(2**20), 2**20, (100, 16), dtype=torch.int32, generator=g)
+    exact = torch.round(acc.double() * m.double() / 2.0 ** shift.double()).clamp(-128, 127)
+    assert torch.equal(requantize([(acc, m)], shift), exact.to(torch.int8))
+    assert torch.equal(requantize([(acc, m)], shift, force_int64=True), exact.to(torch.int8))
+    ties = torch.arange(-9, 10, dtype=torch.int32)  # x / 2: ties at every odd x
+    one, s1 = torch.tensor(1), torch.tensor(1)
+    expect = torch.round(ties / 2).to(torch.int8)
+    assert torch.equal(requantize([(ties, one)], s1), expect)
+    assert torch.equal(requantize([(ties, one)], s1, force_int64=True), expect)
+
+
+def test_convert_keeps_float_parts_without_qconfig() -> None:
+    class WithLoss(DigitsNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loss = nn.Linear(10, 1)
+
+        def set_qconfig(self) -> None:
+            super().set_qconfig()
+            self.loss.qconfig = None
+
+    model = WithLoss()
+    model.fuse_model()
+    model.set_qconfig()
+    i = convert(prepare_qat(model))
+    assert type(i.loss) is nn.Linear and isinstance(i.classifier, quantized.Linear)
+
+
+def test_qat_and_integer_state_dicts_round_trip() -> None:
+    q = qat_digits_net("with_bn")
+    set_qat_mode("with_bn")  # before fuse_model, which reads it
+    model = float_digits_net()
+    model.fuse_model()
+    model.set_qconfig()
+    fresh = prepare_qat(model, "with_bn").eval()
+    fresh.load_state_dict(q.state_dict())
+    x = torch.rand(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), q(x))
+        i, j = convert(q), convert(fresh)
+        before = j(x)
+        j.load_state_dict(i.state_dict())
+        assert torch.equal(j(x), i(x)) and torch.equal(before, i(x))

@@ -1,0 +1,134 @@
+"""Observers and FakeQuantize against torch's own kernels and torch.ao (as a peer only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.ao.quantization import FakeQuantize as AOFakeQuantize
+from torch.ao.quantization.observer import (
+    MovingAverageMinMaxObserver as AOMovingAverage,
+)
+from torch.ao.quantization.observer import (
+    MovingAveragePerChannelMinMaxObserver as AOPerChannel,
+)
+
+from hatcli.quant import (
+    FakeQuantize,
+    MovingAverageMinMaxObserver,
+    PerChannelMinMaxObserver,
+    get_default_qat_qconfig,
+)
+from hatcli.quant.qat_tensor import QATTensor
+
+
+def _batches(n: int, shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) * (1 + i) for i in range(n)]
+
+
+def test_per_tensor_scale_matches_torch_ao_moving_average() -> None:
+    ours = MovingAverageMinMaxObserver()
+    peer = AOMovingAverage(
+        averaging_constant=0.01, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric
+    )
+    for x in _batches(5, (8, 3, 4, 4)):
+        ours(x)
+        peer(x)
+        assert torch.equal(ours.calculate_qparams()[0], peer.calculate_qparams()[0].reshape(()))
+    # the first batch initialises, later ones move 1% of the way
+    first = _batches(1, (8, 3, 4, 4))[0]
+    assert ours.min_val != first.min()
+
+
+def test_scale_formula_and_eps_clamp() -> None:
+    obs = MovingAverageMinMaxObserver()
+    obs(torch.tensor([-3.0, 1.0]))
+    scale, zp = obs.calculate_qparams()
+    assert scale.item() == pytest.approx(3.0 / 127.5) and zp.item() == 0
+    obs = MovingAverageMinMaxObserver()
+    obs(torch.zeros(4))
+    assert obs.calculate_qparams()[0].item() == torch.finfo(torch.float32).eps
+
+
+def test_per_channel_scale_matches_torch_ao() -> None:
+    ours = PerChannelMinMaxObserver(ch_axis=0)
+    peer = AOPerChannel(
+        averaging_constant=1.0, ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+    )
+    for w in _batches(3, (6, 4, 3, 3)):
+        ours(w)
+        peer(w)
+        assert torch.equal(ours.calculate_qparams()[0], peer.calculate_qparams()[0])
+        assert torch.equal(ours.calculate_qparams()[0], w.abs().amax(dim=(1, 2, 3)) / 127.5)
+
+
+def test_fake_quantize_equals_torch_kernels() -> None:
+    qc = get_default_qat_qconfig()
+    act, wfq = qc.activation(), qc.weight()  # type: ignore[misc]
+    x = torch.randn(4, 3, 5, 5) * 3
+    w = torch.randn(6, 3, 3, 3)
+    y, wq = act(x), wfq(w)
+    zp = torch.zeros((), dtype=torch.int32)
+    ref = torch.fake_quantize_per_tensor_affine(x, act.scale, zp, -128, 127)
+    assert torch.equal(y, ref)
+    assert isinstance(y, QATTensor) and torch.equal(y.q_scale, act.scale)
+    zps = torch.zeros(6, dtype=torch.int32)
+    assert torch.equal(wq, torch.fake_quantize_per_channel_affine(w, wfq.scale, zps, 0, -128, 127))
+
+
+def test_fake_quantize_matches_torch_ao_fake_quantize_over_training() -> None:
+    ours = FakeQuantize()
+    peer = AOFakeQuantize(
+        observer=AOMovingAverage,
+        quant_min=-128,
+        quant_max=127,
+        dtype=torch.qint8,
+        qscheme=torch.per_tensor_symmetric,
+    )
+    for x in _batches(4, (16, 8)):
+        assert torch.equal(ours(x), peer(x))
+
+
+def test_rounds_half_to_even_and_straight_through_gradient() -> None:
+    fq = FakeQuantize()
+    fq(torch.tensor([-127.5, 127.5]))  # scale 1.0
+    fq.eval()
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, 126.9, 130.0, -140.0], requires_grad=True)
+    y = fq(x)
+    assert y.tolist() == [0.0, 2.0, 2.0, -0.0, 127.0, 127.0, -128.0]
+    y.sum().backward()
+    assert x.grad is not None and x.grad.tolist() == [1, 1, 1, 1, 1, 0, 0]
+
+
+def test_observer_updates_only_in_training_and_when_enabled() -> None:
+    fq = FakeQuantize()
+    fq(torch.tensor([1.0]))
+    fq.eval()
+    fq(torch.tensor([100.0]))
+    assert fq.activation_post_process.max_val.item() == 1.0
+    fq.train()
+    fq.disable_observer()
+    fq(torch.tensor([100.0]))
+    assert fq.activation_post_process.max_val.item() == 1.0
+    fq.enable_observer()
+    fq(torch.tensor([101.0]))
+    assert fq.activation_post_process.max_val.item() == pytest.approx(2.0)
+
+
+def test_flags_and_per_channel_state_survive_state_dict() -> None:
+    fq = get_default_qat_qconfig().weight()  # type: ignore[misc]
+    fq(torch.randn(5, 2, 3, 3))
+    fq.disable_fake_quant()
+    fresh = get_default_qat_qconfig().weight()  # type: ignore[misc]
+    fresh.load_state_dict(fq.state_dict())
+    assert not bool(fresh.fake_quant_enabled) and bool(fresh.observer_enabled)
+    assert torch.equal(fresh.scale, fq.scale) and fresh.scale.shape == (5,)
+    x = torch.randn(3)
+    assert fresh(x) is x
+
+
+def test_qat_tensor_keeps_scale_through_shape_ops_only() -> None:
+    fq = FakeQuantize()
+    y = fq(torch.randn(2, 3, 4, 4))
+    assert isinstance(y.flatten(1), QATTensor) and torch.equal(y.flatten(1).q_scale, fq.scale)
+    assert not isinstance(y * 2, QATTensor)

@@ -1,0 +1,143 @@
+"""The three qat_modes inside the QAT conv-BN modules, and absorbing BN mid-QAT."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.ao.nn.intrinsic.qat as aoqat
+from quant_fixtures import qat_digits_net
+from torch import nn
+from torch.ao.quantization import FakeQuantize as AOFakeQuantize
+from torch.ao.quantization import QConfig as AOQConfig
+from torch.ao.quantization.observer import MovingAveragePerChannelMinMaxObserver
+
+from hatcli.nn import ConvBN2d
+from hatcli.quant import absorb_bn, get_default_qat_qconfig, set_qat_mode
+from hatcli.quant.nn import qat
+from hatcli.quant.qat_tensor import QATTensor
+
+
+def _float_block(seed: int = 0) -> ConvBN2d:
+    torch.manual_seed(seed)
+    block = ConvBN2d(4, 6, 3, padding=1)
+    with torch.no_grad():
+        block.bn.running_mean.uniform_(-0.5, 0.5)
+        block.bn.running_var.uniform_(0.5, 2.0)
+        block.bn.weight.uniform_(-1.5, 1.5)  # negative gammas too
+        block.bn.bias.uniform_(-0.3, 0.3)
+    return block
+
+
+def _peer(block: ConvBN2d) -> aoqat.ConvBn2d:
+    wfq = AOFakeQuantize.with_args(
+        observer=MovingAveragePerChannelMinMaxObserver,
+        averaging_constant=1.0,
+        quant_min=-128,
+        quant_max=127,
+        dtype=torch.qint8,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+    )
+    qconfig = AOQConfig(activation=nn.Identity, weight=wfq)
+    peer = aoqat.ConvBn2d(4, 6, 3, padding=1, bias=False, qconfig=qconfig)
+    peer.weight = block.conv.weight
+    peer.bn = block.bn
+    return peer
+
+
+def test_reverse_fold_matches_torch_ao_conv_bn() -> None:
+    set_qat_mode("with_bn_reverse_fold")
+    block = _float_block()
+    ours = qat.ConvBN2d.from_float(block, get_default_qat_qconfig())
+    ours.activation_post_process = None  # compare the conv-BN part
+    peer = _peer(copy.deepcopy(block))
+    peer.weight = copy.deepcopy(ours.conv.weight)
+    peer.bn = copy.deepcopy(ours.bn)
+    x = torch.randn(8, 4, 7, 7)
+    # training: BN on batch statistics, identical forward and gradients
+    y_ours, y_peer = ours(x), peer(x)
+    assert torch.allclose(y_ours, y_peer, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight_fake_quant.scale, peer.weight_fake_quant.scale)
+    y_ours.square().sum().backward()
+    y_peer.square().sum().backward()
+    torch.testing.assert_close(ours.conv.weight.grad, peer.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.bn.weight.grad, peer.bn.weight.grad, rtol=1e-4, atol=1e-5)
+    # eval on a plain (unquantized) input: same function, computed in folded form
+    # (torch.ao observes in eval too; ours does not, so freeze the peer's observer)
+    ours.eval()
+    peer.eval()
+    peer.weight_fake_quant.disable_observer()
+    torch.testing.assert_close(ours(x), peer(x), rtol=1e-5, atol=1e-5)
+
+
+def _fq_input(x: torch.Tensor, scale: float) -> QATTensor:
+    zp = torch.zeros((), dtype=torch.int32)
+    s = torch.tensor(scale)
+    return QATTensor.wrap(torch.fake_quantize_per_tensor_affine(x, s, zp, -128, 127), s)
+
+
+def _trained(mode: str, steps: int = 5) -> qat.ConvBNReLU2d:
+    set_qat_mode(mode)
+    torch.manual_seed(0)
+    from hatcli.nn import ConvBNReLU2d
+
+    block = ConvBNReLU2d(4, 6, 3, padding=1)
+    m = qat.ConvBNReLU2d.from_float(block, get_default_qat_qconfig())
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = m(_fq_input(torch.randn(16, 4, 6, 6), 0.03)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+def test_reverse_fold_absorbing_bn_keeps_eval_output() -> None:
+    m = _trained("with_bn_reverse_fold")
+    x = _fq_input(torch.randn(64, 4, 6, 6), 0.03)
+    before = m(x)
+    params = {id(p) for p in m.conv.parameters()}
+    mapping = m.fuse_norm()
+    after = m(x)
+    assert {id(p) for p in m.conv.parameters()} == params  # the same Parameter objects
+    assert all(v is k for k, v in mapping.items() if v is not None)
+    assert sum(v is None for v in mapping.values()) == 2  # gamma and beta dropped
+    assert not m.has_bn
+    step = (after - before).abs() / m.activation_post_process.scale
+    assert step.max() <= 1.0 + 1e-4
+    assert (step > 1e-4).float().mean() <= 1e-3
+
+
+def test_with_bn_absorbing_changes_forward() -> None:
+    m = _trained("with_bn")
+    x = _fq_input(torch.randn(64, 4, 6, 6), 0.03)
+    before = m(x)
+    absorb_bn(m)
+    after = m(x)
+    assert (after - before).abs().max() > m.activation_post_process.scale
+
+
+def test_fuse_bn_mode_folds_at_from_float_when_not_fused() -> None:
+    block = _float_block().eval()
+    m = qat.ConvBN2d.from_float(block, get_default_qat_qconfig())
+    assert not m.has_bn and isinstance(block.bn, nn.BatchNorm2d)  # float model untouched
+    assert m.conv.weight is not block.conv.weight
+
+
+@pytest.mark.parametrize("mode", ["with_bn", "with_bn_reverse_fold"])
+def test_absorb_mid_training_keeps_optimizer_working(mode: str) -> None:
+    model = qat_digits_net(mode)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mapping = absorb_bn(model.block_conv1)
+    assert mapping and not model.block_conv1.has_bn
+    from hatcli.quant import update_optimizer_params
+
+    update_optimizer_params(opt, mapping)
+    before = model.block_conv1.conv.weight.detach().clone()
+    model.train()
+    model(torch.rand(8, 1, 8, 8)).sum().backward()
+    opt.step()
+    assert not torch.equal(model.block_conv1.conv.weight, before)
+    assert all(p.grad is not None for g in opt.param_groups for p in g["params"])
