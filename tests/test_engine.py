@@ -18,7 +18,7 @@ def spec_with(tmp_path: Path, old: str, new: str) -> hatcli.Spec:
     text = EXAMPLE.read_text()
     assert old in text
     path = tmp_path / "spec.yaml"
-    path.write_text(text.replace(old, new))
+    path.write_text(text.replace(old, new, 1))
     return hatcli.load_spec(path, work_dir=tmp_path / "runs")
 
 
@@ -65,7 +65,8 @@ def test_cuda_without_gpu_is_a_located_input_error(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     spec = spec_with(tmp_path, "device: auto", "device: cuda")
-    with pytest.raises(hatcli.InputError, match=r"spec\.yaml:8:9: device: .*CUDA is not available"):
+    line = EXAMPLE.read_text().splitlines().index("device: auto") + 1
+    with pytest.raises(hatcli.InputError, match=rf"spec\.yaml:{line}:9: device: .*CUDA is not"):
         hatcli.run_stage(spec, "float")
 
 

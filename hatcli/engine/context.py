@@ -47,7 +47,8 @@ class LoopContext:
 
     @property
     def trains(self) -> bool:
-        return self.optimizer is not None and (bool(self.num_epochs) or bool(self.num_steps))
+        """Whether the stage runs batches through the loop (epochs or steps to do)."""
+        return bool(self.num_epochs) or bool(self.num_steps)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -12,20 +12,22 @@ from hatcli.engine.sampler import EpochSampler
 from hatcli.errors import RunError
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(item, device) for item in batch)
+        return type(batch)(to_device(item, device) for item in batch)
     return batch
 
 
 class Trainer:
     """One process, one device: forward, loss, backward, optimizer step, per batch."""
 
+    needs_optimizer = True
+
     def fit(self, ctx: LoopContext) -> None:
         self._emit("on_loop_begin", ctx)
-        if ctx.trains:
+        if ctx.trains and ctx.total_steps > 0:
             self._train(ctx)
         self._emit("on_loop_end", ctx)
 
@@ -41,7 +43,7 @@ class Trainer:
                 if step_in_epoch < ctx.step_in_epoch:
                     continue  # resumed mid-epoch: these batches were trained before
                 ctx.step_in_epoch = step_in_epoch
-                self.train_step(ctx, _to_device(batch, ctx.device))
+                self.train_step(ctx, to_device(batch, ctx.device))
                 ctx.step_in_epoch = step_in_epoch + 1
                 if ctx.num_steps and ctx.global_step >= ctx.num_steps:
                     break

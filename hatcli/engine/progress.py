@@ -24,7 +24,7 @@ class ProgressReporter(Callback):
         self._epoch_samples = 0
 
     def on_loop_begin(self, ctx: LoopContext) -> None:
-        if self.quiet or not ctx.trains:
+        if self.quiet or ctx.total_steps == 0:
             return
         if self.console.is_terminal:
             self.progress = Progress(
@@ -63,8 +63,8 @@ class ProgressReporter(Callback):
             self.task,
             completed=ctx.global_step,
             epoch=ctx.epoch,
-            loss=f"{ctx.loss:.4f}",
-            lr=f"{ctx.lr:.3g}",
+            loss=f"{ctx.loss:.4f}" if ctx.loss is not None else "-",
+            lr=f"{ctx.lr:.3g}" if ctx.lr is not None else "-",
             speed=f"{self._epoch_samples / elapsed:.0f}" if elapsed else "-",
         )
 
@@ -77,9 +77,16 @@ class ProgressReporter(Callback):
         elapsed = time.perf_counter() - self._epoch_started
         metrics = " ".join(f"{k}={v:.4f}" for k, v in ctx.metrics.items())
         speed = self._epoch_samples / elapsed if elapsed else 0.0
+        parts = [f"[{ctx.stage}] epoch {ctx.epoch}/{ctx.num_epochs or '-'} step {ctx.global_step}"]
+        if ctx.loss is not None:
+            parts.append(f"loss={ctx.loss:.4f}")
+        if ctx.lr is not None:
+            parts.append(f"lr={ctx.lr:.3g}")
+        parts.append(f"{speed:.0f} samples/s")
+        if metrics:
+            parts.append(metrics)
         print(
-            f"[{ctx.stage}] epoch {ctx.epoch}/{ctx.num_epochs or '-'} step {ctx.global_step} "
-            f"loss={ctx.loss:.4f} lr={ctx.lr:.3g} {speed:.0f} samples/s {metrics}".rstrip(),
+            " ".join(parts),
             file=sys.stderr,
             flush=True,
         )

@@ -24,6 +24,7 @@ from hatcli.engine.sampler import EpochSampler
 from hatcli.engine.state import restore_training_state
 from hatcli.engine.training_log import TrainingLog
 from hatcli.errors import InputError
+from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.spec.spec import Spec, StageSpec
 
 LOADER_KEYS = ("batch_size", "shuffle", "drop_last", "num_workers")
@@ -42,6 +43,10 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {name!r} was asked for but CUDA is not available here")
     return torch.device(name)
+
+
+def _is_integer_model(model: nn.Module) -> bool:
+    return any(isinstance(m, IntegerModule) for m in model.modules())
 
 
 def _stage(spec: Spec, stage: str | StageSpec) -> StageSpec:
@@ -135,6 +140,13 @@ def build_context(spec: Spec, stage_name: str, *, quiet: bool = True) -> LoopCon
         raise located(spec.positions, stage.where("device"), str(exc)) from None
     convert = ConvertContext(stage.name, DEFAULT_QAT_MODE, spec.positions)
     model = build_model(spec, stage, context=convert).to(device)
+    if (stage.get("num_epochs") or stage.get("num_steps")) and _is_integer_model(model):
+        key = "num_epochs" if stage.get("num_epochs") else "num_steps"
+        raise located(
+            spec.positions,
+            stage.where(key),
+            "the integer model (after QAT2Quantize) cannot train; set num_epochs: 0",
+        )
     splits = stage.get("data") or {}
     loaders = {split: build_data_loader(spec, split, stage) for split in splits}
     loss_node = stage.get("loss", "CrossEntropyLoss")

@@ -119,7 +119,8 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
         trains = stage.get("num_epochs", 0) > 0 or "num_steps" in stage
         if not trains:
             continue
-        if "optimizer" not in stage:
+        trainer = _trainer_of(stage)
+        if "optimizer" not in stage and getattr(trainer, "needs_optimizer", True):
             problems.append(
                 positions.problem(where, "this stage trains but has no 'optimizer'", at_key=True)
             )
@@ -131,6 +132,13 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
                 )
             )
     return problems
+
+
+def _trainer_of(stage: dict[str, Any]) -> Any:
+    node = stage.get("trainer", "Trainer")
+    name = node.get("type") if isinstance(node, dict) else node
+    component = plugins.components("trainers").get(name) if isinstance(name, str) else None
+    return component.factory if component is not None else None
 
 
 def validate(data: dict[str, Any], positions: Positions) -> list[Problem]:

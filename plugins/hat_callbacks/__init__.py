@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hat_callbacks.checkpoint import SCHEMA as CHECKPOINT_SCHEMA
-from hat_callbacks.checkpoint import Checkpoint
-from hat_callbacks.validation import SCHEMA as VALIDATION_SCHEMA
-from hat_callbacks.validation import build_validation
+from hat_callbacks import checkpoint, fuse_bn, save_traced, validation
 from hatcli.engine.metric import TopKAccuracy
 from hatcli.hookspecs import hookimpl
 
@@ -23,8 +20,14 @@ TOPK_SCHEMA = {
 
 @hookimpl
 def hat_register_callbacks(register: Any) -> None:
-    register("Validation", build_validation, VALIDATION_SCHEMA, "Evaluate on a data split")
-    register("Checkpoint", Checkpoint, CHECKPOINT_SCHEMA, "Save last and best checkpoints")
+    register(
+        "Validation", validation.build_validation, validation.SCHEMA, "Evaluate on a data split"
+    )
+    register(
+        "Checkpoint", checkpoint.Checkpoint, checkpoint.SCHEMA, "Save last and best checkpoints"
+    )
+    register("FuseBN", fuse_bn.FuseBN, fuse_bn.SCHEMA, "Absorb BN of sub-modules mid-QAT")
+    register("SaveTraced", save_traced.SaveTraced, save_traced.SCHEMA, "Save a TorchScript trace")
 
 
 @hookimpl

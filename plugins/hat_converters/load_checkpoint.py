@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from hatcli.engine.checkpoint_io import load_checkpoint
@@ -23,16 +25,6 @@ class LoadCheckpoint:
         checkpoint = load_checkpoint(self.checkpoint_path)
         state = checkpoint["state_dict"]
         own = model.state_dict()
-        mismatched = [
-            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-            for k, v in state.items()
-            if k in own and hasattr(v, "shape") and v.shape != own[k].shape
-        ]
-        if mismatched:
-            raise CheckpointError(
-                f"{self.checkpoint_path}: does not fit the model ({type(model).__name__}): "
-                f"shape mismatch in {_summarise(mismatched)}"
-            )
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if self.strict and (missing or unexpected):
@@ -48,7 +40,15 @@ class LoadCheckpoint:
                 f"pipeline has built it so far{hint}: {'; '.join(parts)}; check the converter "
                 "order, or set strict: false"
             )
-        model.load_state_dict(state, strict=False)
+        try:
+            model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            mismatched = re.findall(r"size mismatch for ([\w.]+)", str(exc))
+            detail = f"shape mismatch in {_summarise(mismatched)}" if mismatched else str(exc)
+            raise CheckpointError(
+                f"{self.checkpoint_path}: does not fit the model ({type(model).__name__}): "
+                f"{detail.splitlines()[0]}"
+            ) from None
         context.loaded_checkpoint = checkpoint
         context.loaded_from = self.checkpoint_path
         return model

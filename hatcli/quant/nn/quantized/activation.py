@@ -21,7 +21,7 @@ class ReLU(IntegerModule):
 
     def forward(self, x: torch.Tensor) -> QTensor:
         xi, s_in = self._int8_input(x)
-        return QTensor(xi.clamp(min=0), torch.tensor(s_in, dtype=torch.float32))
+        return QTensor(xi.clamp(min=0), torch.as_tensor(s_in, dtype=torch.float32))
 
 
 class ReLU6(IntegerModule):
@@ -40,6 +40,6 @@ class ReLU6(IntegerModule):
 
     def forward(self, x: torch.Tensor) -> QTensor:
         xi, s_in = self._int8_input(x)
-        factor = torch.tensor(s_in, dtype=torch.float64) / self.output_scale.double()
+        factor = torch.as_tensor(s_in, dtype=torch.float64) / self.output_scale.double()
         (m,), shift = quantize_multiplier(factor)
         return QTensor(requantize([(xi, m)], shift, self.qmin, self.qmax), self.output_scale)

@@ -31,7 +31,7 @@ class QFunctional(IntegerModule):
 
     def _requant(self, xs: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
         s_out = self.output_scale.double()
-        factors = [torch.tensor(s, dtype=torch.float64) / s_out for _, s in xs]
+        factors = [torch.as_tensor(s, dtype=torch.float64) / s_out for _, s in xs]
         mults, shift = quantize_multiplier(*factors)
         return requantize([(x, m) for (x, _), m in zip(xs, mults, strict=True)], shift)
 

@@ -35,6 +35,6 @@ class AdaptiveAvgPool2d(IntegerModule):
         kh, kw = h // oh, w // ow
         blocks = xi.reshape(*xi.shape[:-2], oh, kh, ow, kw).to(torch.int32)
         sums = blocks.sum(dim=(-3, -1), dtype=torch.int32)
-        factor = torch.tensor(s_in / (kh * kw), dtype=torch.float64) / self.output_scale.double()
+        factor = torch.as_tensor(s_in / (kh * kw), dtype=torch.float64) / self.output_scale.double()
         (m,), shift = quantize_multiplier(factor)
         return QTensor(requantize([(sums, m)], shift), self.output_scale)
