@@ -315,3 +315,26 @@ def test_op_without_a_qat_version_is_named(plugin, tmp_path: Path) -> None:
     path.write_text(NESTED_SPEC.replace("MODEL", "Conv1dNet"))
     with pytest.raises(hatcli.InputError, match=r"Float2QAT: model Conv1dNet: odd: Conv1d holds"):
         hatcli.build_model(hatcli.load_spec(path), "qat")
+
+
+def test_integer_checkpoint_loads_into_an_integer_pipeline(
+    hat_cli, pipeline: Path, tmp_path: Path
+) -> None:
+    spec = stage_spec(
+        tmp_path,
+        pipeline,
+        """\
+        reload_int:
+          model_convert_pipeline:
+            converters:
+              - {type: Float2QAT}
+              - {type: QAT2Quantize}
+              - type: LoadCheckpoint
+                checkpoint_path: '{work_dir}/int_infer-checkpoint-last.pth.tar'
+          num_epochs: 0
+          callbacks: [{type: Validation}]
+        """,
+    )
+    result = hat_cli("train", spec, "--stage", "reload_int", "--work-dir", pipeline, "-q")
+    assert result.returncode == 0, result.stderr
+    assert summary(pipeline, "reload_int")["metrics"] == summary(pipeline, "int_infer")["metrics"]
