@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hatcli import plugins
+from hatcli.engine.interrupt import Interrupted
 from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError
 
 app = typer.Typer(
@@ -48,6 +49,8 @@ def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
         _fail([str(p) for p in exc.problems], 2)
     except (InputError, PluginError) as exc:
         _fail([f"error: {exc}"], 2)
+    except Interrupted as exc:
+        _fail([f"interrupted: {exc}"], exc.exit_code)
     except RunError as exc:
         if verbose:
             traceback.print_exc()
@@ -95,12 +98,51 @@ def train(
     for name in names:
         summary = _guard(lambda name=name: run_stage(loaded, name, quiet=quiet), verbose)
         if not quiet:
-            metrics = " ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
-            err.print(
-                f"[{name}] done: {summary['epochs']} epochs, {summary['steps']} steps, "
-                f"{summary['wall_time_s']:.1f}s {metrics}".rstrip(),
-                markup=False,
-            )
+            _print_done(name, summary)
+
+
+def _print_done(stage: str, summary: dict[str, Any]) -> None:
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
+    err.print(
+        f"[{stage}] done: {summary['epochs']} epochs, {summary['steps']} steps, "
+        f"{summary['wall_time_s']:.1f}s {metrics}".rstrip(),
+        markup=False,
+    )
+
+
+@app.command()
+def resume(
+    spec: SpecArg,
+    stage: Annotated[str, typer.Option("--stage", "-s", help="The stage to continue.")],
+    from_path: Annotated[
+        Path | None, typer.Option("--from", help="Continue from this checkpoint instead.")
+    ] = None,
+    work_dir: WorkDirOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Continue an interrupted stage exactly where its last checkpoint left it."""
+    from hatcli.engine.resume import find_resume_point
+    from hatcli.engine.stage import run_stage
+    from hatcli.spec.spec import load_spec
+
+    loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
+    if stage not in loaded.stage_names:
+        known = ", ".join(loaded.stage_names)
+        _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
+
+    def warn(message: str) -> None:
+        err.print(f"warning: {message}", markup=False)
+
+    point = _guard(lambda: find_resume_point(loaded, stage, from_path, warn))
+    if point.finished:
+        err.print(f"stage {stage!r} already finished ({point.position}); nothing to do")
+        return
+    if not quiet:
+        err.print(f"[{stage}] resuming from {point.path} ({point.position})", markup=False)
+    summary = _guard(lambda: run_stage(loaded, stage, quiet=quiet, resume=point), verbose)
+    if not quiet:
+        _print_done(stage, summary)
 
 
 @app.command("plugins")

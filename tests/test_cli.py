@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import subprocess
 from pathlib import Path
 
@@ -129,7 +130,7 @@ class _RunsCode:
     [
         (lambda p: None, "checkpoint not found"),
         (lambda p: p.write_bytes(b""), "checkpoint is empty"),
-        (lambda p: p.write_bytes(os.urandom(4096)), "not a readable checkpoint"),
+        (lambda p: p.write_bytes(random.Random(0).randbytes(4096)), "not a readable checkpoint"),
         (_truncated, "corrupt or truncated"),
         (lambda p: torch.save({"weights": 1}, p), "not a hat checkpoint"),
         (

@@ -29,6 +29,9 @@ class Callback:
 
     def on_loop_end(self, ctx: LoopContext) -> None: ...
 
+    def on_interrupt(self, ctx: LoopContext) -> None:
+        """A signal stops the run after this step; save what must survive."""
+
     def state_dict(self) -> dict[str, Any]:
         """What this callback must keep across a resume."""
         return {}

@@ -39,7 +39,10 @@ class LoopContext:
     loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_step: int | None = None
-    extra_state: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+    world_size: int = 1
+    rank: int = 0
+    absorbed_bn: list[str] = field(default_factory=list)
 
     @property
     def stage_dir(self) -> Path:

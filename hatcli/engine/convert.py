@@ -20,6 +20,7 @@ class ConvertContext:
     path: JsonPath = ()
     loaded_checkpoint: dict[str, Any] | None = None
     loaded_from: str | None = None
+    absorbed_bn: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from hatcli.engine.context import LoopContext
+from hatcli.engine.interrupt import GracefulInterrupt, Interrupted
 from hatcli.engine.sampler import EpochSampler
 from hatcli.errors import RunError
 
@@ -21,68 +22,90 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 class Trainer:
-    """One process, one device: forward, loss, backward, optimizer step, per batch."""
+    """One process, one device: forward, loss, backward, optimizer step, per batch.
+
+    Subclasses change ``step`` (what one batch does); the loop keeps the position
+    (epoch, step in epoch, global step) that checkpoints save and resume continues.
+    """
 
     needs_optimizer = True
 
     def fit(self, ctx: LoopContext) -> None:
-        self._emit("on_loop_begin", ctx)
-        if ctx.trains and ctx.total_steps > 0:
-            self._train(ctx)
-        self._emit("on_loop_end", ctx)
+        self.emit("on_loop_begin", ctx)
+        with GracefulInterrupt() as interrupt:
+            while ctx.trains and not self.done(ctx):
+                self.run_epoch(ctx, interrupt)
+        ctx.finished = True
+        self.end_loop(ctx)
+        self.emit("on_loop_end", ctx)
 
-    def _train(self, ctx: LoopContext) -> None:
+    def run_epoch(self, ctx: LoopContext, interrupt: GracefulInterrupt) -> None:
         loader = ctx.data_loaders["train"]
-        while not self._done(ctx):
-            sampler = getattr(loader, "sampler", None)
-            if isinstance(sampler, EpochSampler):
-                sampler.set_epoch(ctx.epoch)
-            ctx.model.train()
-            self._emit("on_epoch_begin", ctx)
-            for step_in_epoch, batch in enumerate(loader):
-                if step_in_epoch < ctx.step_in_epoch:
-                    continue  # resumed mid-epoch: these batches were trained before
-                ctx.step_in_epoch = step_in_epoch
-                self.train_step(ctx, to_device(batch, ctx.device))
-                ctx.step_in_epoch = step_in_epoch + 1
-                if ctx.num_steps and ctx.global_step >= ctx.num_steps:
-                    break
-            if ctx.step_in_epoch >= len(loader):
-                if ctx.lr_scheduler is not None and ctx.scheduler_interval == "epoch":
-                    ctx.lr_scheduler.step()
-                ctx.epoch += 1
-                ctx.step_in_epoch = 0
-            self._emit("on_epoch_end", ctx)
+        sampler = getattr(loader, "sampler", None)
+        skip = ctx.step_in_epoch  # resumed mid-epoch: these batches were trained before
+        if isinstance(sampler, EpochSampler):
+            sampler.set_epoch(ctx.epoch, start=skip * (loader.batch_size or 1))
+            batches = enumerate(loader, start=skip)
+        else:
+            batches = ((i, b) for i, b in enumerate(loader) if i >= skip)
+        self.begin_epoch(ctx)
+        self.emit("on_epoch_begin", ctx)
+        for index, batch in batches:
+            self.emit("on_step_begin", ctx)
+            self.step(ctx, to_device(batch, ctx.device))
+            ctx.global_step += 1
+            ctx.step_in_epoch = index + 1
+            self.after_step(ctx)
+            self.emit("on_step_end", ctx)
+            if interrupt.signum is not None:
+                self.emit("on_interrupt", ctx)
+                raise Interrupted(interrupt.signum, ctx.global_step)
+            if ctx.num_steps and ctx.global_step >= ctx.num_steps:
+                break
+        if ctx.step_in_epoch >= len(loader):
+            self.end_epoch(ctx)
+            ctx.epoch += 1
+            ctx.step_in_epoch = 0
+        self.emit("on_epoch_end", ctx)
 
-    def train_step(self, ctx: LoopContext, batch: Any) -> None:
+    def begin_epoch(self, ctx: LoopContext) -> None:
+        ctx.model.train()
+
+    def step(self, ctx: LoopContext, batch: Any) -> None:
         inputs, targets = batch
         assert ctx.optimizer is not None
-        self._emit("on_step_begin", ctx)
         ctx.optimizer.zero_grad(set_to_none=True)
         outputs = ctx.model(inputs)
         loss = ctx.loss_fn(outputs, targets)
         value = loss.item()
         if not math.isfinite(value):
             raise RunError(
-                f"loss became {value} at epoch {ctx.epoch}, step {ctx.global_step}; "
+                f"loss became {value} at epoch {ctx.epoch}, step {ctx.global_step + 1}; "
                 "nothing was saved for this step (try a lower learning rate)"
             )
         loss.backward()
         ctx.optimizer.step()
-        ctx.global_step += 1
         ctx.loss = value
         ctx.batch_size = int(targets.shape[0])
+
+    def after_step(self, ctx: LoopContext) -> None:
         if ctx.lr_scheduler is not None and ctx.scheduler_interval == "step":
             ctx.lr_scheduler.step()
-        self._emit("on_step_end", ctx)
+
+    def end_epoch(self, ctx: LoopContext) -> None:
+        if ctx.lr_scheduler is not None and ctx.scheduler_interval == "epoch":
+            ctx.lr_scheduler.step()
+
+    def end_loop(self, ctx: LoopContext) -> None:
+        """After the last step, before ``on_loop_end``."""
 
     @staticmethod
-    def _done(ctx: LoopContext) -> bool:
+    def done(ctx: LoopContext) -> bool:
         if ctx.num_steps:
             return ctx.global_step >= ctx.num_steps
         return ctx.epoch >= (ctx.num_epochs or 0)
 
     @staticmethod
-    def _emit(event: str, ctx: LoopContext) -> None:
+    def emit(event: str, ctx: LoopContext) -> None:
         for callback in ctx.callbacks:
             getattr(callback, event)(ctx)

@@ -19,7 +19,9 @@ from hatcli.engine.callback import Callback
 from hatcli.engine.checkpoint_io import atomic_write_bytes
 from hatcli.engine.context import LoopContext
 from hatcli.engine.convert import ConvertContext
+from hatcli.engine.load_weights import load_weights
 from hatcli.engine.progress import ProgressReporter
+from hatcli.engine.resume import ResumePoint
 from hatcli.engine.sampler import EpochSampler
 from hatcli.engine.state import restore_training_state
 from hatcli.engine.training_log import TrainingLog
@@ -95,6 +97,9 @@ def build_data_loader(
         sampler=sampler,
         drop_last=bool(settings.get("drop_last", False)),
         num_workers=int(settings.get("num_workers", 0)),
+        # Its own generator: iterating must not draw from the global RNG, or a resumed
+        # run's random state would drift from the uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -130,8 +135,14 @@ def _build_scheduler(
     return scheduler, interval
 
 
-def build_context(spec: Spec, stage_name: str, *, quiet: bool = True) -> LoopContext:
-    """Everything a stage needs, assembled and checked, before any training starts."""
+def build_context(
+    spec: Spec, stage_name: str, *, quiet: bool = True, resume: ResumePoint | None = None
+) -> LoopContext:
+    """Everything a stage needs, assembled and checked, before any training starts.
+
+    With ``resume``, the checkpoint is loaded after the convert pipeline and the whole
+    training state (optimizer, position, RNG, callbacks) continues from it.
+    """
     stage = spec.stage(stage_name)
     seed_everything(int(stage.get("seed")))
     try:
@@ -139,7 +150,12 @@ def build_context(spec: Spec, stage_name: str, *, quiet: bool = True) -> LoopCon
     except InputError as exc:
         raise located(spec.positions, stage.where("device"), str(exc)) from None
     convert = ConvertContext(stage.name, DEFAULT_QAT_MODE, spec.positions)
-    model = build_model(spec, stage, context=convert).to(device)
+    model = build_model(spec, stage, context=convert)
+    if resume is not None:
+        load_weights(model, resume.checkpoint, str(resume.path))
+        convert.loaded_checkpoint = resume.checkpoint
+        convert.absorbed_bn = list(resume.checkpoint.get("absorbed_bn") or [])
+    model = model.to(device)
     if (stage.get("num_epochs") or stage.get("num_steps")) and _is_integer_model(model):
         key = "num_epochs" if stage.get("num_epochs") else "num_steps"
         raise located(
@@ -186,12 +202,14 @@ def build_context(spec: Spec, stage_name: str, *, quiet: bool = True) -> LoopCon
             except InputError as exc:
                 index = callbacks.index(callback) if callback in callbacks else 0
                 raise located(spec.positions, stage.where("callbacks", index), str(exc)) from None
+    ctx.absorbed_bn = list(convert.absorbed_bn)
     if convert.loaded_checkpoint is not None:
+        full = resume is not None
         restore_training_state(
             ctx,
             convert.loaded_checkpoint,
-            optimizer=bool(stage.get("resume_optimizer", False)),
-            position=bool(stage.get("resume_epoch_or_step", False)),
+            optimizer=full or bool(stage.get("resume_optimizer", False)),
+            position=full or bool(stage.get("resume_epoch_or_step", False)),
         )
     return ctx
 
@@ -200,9 +218,11 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def run_stage(spec: Spec, stage_name: str, *, quiet: bool = True) -> dict[str, Any]:
-    """Run one stage to its end; return (and write) its ``summary.json``."""
-    ctx = build_context(spec, stage_name, quiet=quiet)
+def run_stage(
+    spec: Spec, stage_name: str, *, quiet: bool = True, resume: ResumePoint | None = None
+) -> dict[str, Any]:
+    """Run one stage to its end (or continue it from ``resume``); write ``summary.json``."""
+    ctx = build_context(spec, stage_name, quiet=quiet, resume=resume)
     trainer_node = spec.stage(stage_name).get("trainer", "Trainer")
     trainer = build_component(
         "trainers", trainer_node, spec.stage(stage_name).where("trainer"), spec.positions
@@ -219,6 +239,7 @@ def run_stage(spec: Spec, stage_name: str, *, quiet: bool = True) -> dict[str, A
         "qat_mode": ctx.qat_mode,
         "device": str(ctx.device),
         "finished": True,
+        "resumed_from": str(resume.path) if resume is not None else None,
     }
     write_json(ctx.stage_dir / "summary.json", summary)
     return summary

@@ -65,6 +65,8 @@ def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
         "global_step": ctx.global_step,
         "step_in_epoch": ctx.step_in_epoch,
         "metrics": dict(ctx.metrics),
+        "finished": ctx.finished,
+        "absorbed_bn": list(ctx.absorbed_bn),
         "rng": rng_state(),
         "callbacks": {
             f"{index}:{type(cb).__name__}": cb.state_dict()
@@ -78,6 +80,7 @@ def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
             "stage": ctx.stage,
             "spec_name": ctx.spec_name,
             "qat_mode": ctx.qat_mode,
+            "world_size": ctx.world_size,
             "model_class": type(ctx.model).__name__,
         },
     }
@@ -97,6 +100,7 @@ def restore_training_state(
     ctx.global_step = int(checkpoint.get("global_step", 0))
     ctx.step_in_epoch = int(checkpoint.get("step_in_epoch", 0))
     ctx.metrics = dict(checkpoint.get("metrics", {}))
+    ctx.absorbed_bn = list(checkpoint.get("absorbed_bn", []))
     saved = checkpoint.get("callbacks", {})
     for index, callback in enumerate(ctx.callbacks):
         key = f"{index}:{type(callback).__name__}"

@@ -1,18 +1,24 @@
-"""Checkpoint: ``{name_prefix}checkpoint-last.pth.tar`` and ``-best``, written atomically."""
+"""Checkpoint: `last`, `best` and interval checkpoints, each written atomically."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from hatcli.engine.callback import Callback
-from hatcli.engine.checkpoint_io import save_checkpoint
+from hatcli.engine.checkpoint_io import remove_stale_temp_files, save_checkpoint
 from hatcli.engine.context import LoopContext
 from hatcli.engine.state import checkpoint_state
 
 
 class Checkpoint(Callback):
+    """Saves ``last`` at every interval, on a signal and at the end; ``best`` when the
+    monitored metric improves; with ``max_keep``, also the newest interval checkpoints
+    (``{name_prefix}checkpoint-step-N.pth.tar`` or ``-epoch-N``), which ``hat resume``
+    falls back to if ``last`` is damaged."""
+
     order = 10
 
     def __init__(
@@ -25,6 +31,7 @@ class Checkpoint(Callback):
         interval_by: str = "epoch",
         save_last: bool = True,
         save_best: bool = True,
+        max_keep: int = 0,
         strict_match: bool = False,
     ) -> None:
         self.save_dir = Path(save_dir) if save_dir else None
@@ -35,10 +42,10 @@ class Checkpoint(Callback):
         self.interval_by = interval_by
         self.save_last = save_last
         self.save_best = save_best
+        self.max_keep = max_keep
         self.strict_match = strict_match
         self.best: float | None = None
         self._best_checked_step: int | None = None
-        self._saved_step: int | None = None
 
     def folder(self, ctx: LoopContext) -> Path:
         return self.save_dir or ctx.work_dir
@@ -46,18 +53,24 @@ class Checkpoint(Callback):
     def path(self, ctx: LoopContext, which: str) -> Path:
         return self.folder(ctx) / f"{self.name_prefix}checkpoint-{which}.pth.tar"
 
+    def on_loop_begin(self, ctx: LoopContext) -> None:
+        if self.folder(ctx).is_dir():
+            remove_stale_temp_files(self.folder(ctx))
+
     def on_step_end(self, ctx: LoopContext) -> None:
         if self.interval_by == "step" and ctx.global_step % self.save_interval == 0:
-            self.save(ctx)
+            self.save(ctx, interval=f"step-{ctx.global_step}")
 
     def on_epoch_end(self, ctx: LoopContext) -> None:
         finished = ctx.step_in_epoch == 0
         if self.interval_by == "epoch" and finished and ctx.epoch % self.save_interval == 0:
-            self.save(ctx)
+            self.save(ctx, interval=f"epoch-{ctx.epoch}")
+
+    def on_interrupt(self, ctx: LoopContext) -> None:
+        self.save(ctx)
 
     def on_loop_end(self, ctx: LoopContext) -> None:
-        if self._saved_step != ctx.global_step or not ctx.trains:
-            self.save(ctx)
+        self.save(ctx)  # also marks the stage finished in 'last'
 
     def _improved(self, ctx: LoopContext) -> bool:
         if self.monitor is None:
@@ -71,7 +84,7 @@ class Checkpoint(Callback):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def save(self, ctx: LoopContext) -> None:
+    def save(self, ctx: LoopContext, interval: str | None = None) -> None:
         improved = self.save_best and self._best_checked_step != ctx.global_step
         improved = improved and self._improved(ctx)
         self._best_checked_step = ctx.global_step
@@ -79,11 +92,25 @@ class Checkpoint(Callback):
             self.best = ctx.metrics[self.monitor]
         state = checkpoint_state(ctx)
         state["best"] = {"metric": self.monitor, "mode": self.mode, "value": self.best}
-        self._saved_step = ctx.global_step
         if self.save_last:
             save_checkpoint(state, self.path(ctx, "last"))
         if improved:
             save_checkpoint(state, self.path(ctx, "best"))
+        if interval is not None and self.max_keep > 0:
+            save_checkpoint(state, self.path(ctx, interval))
+            self._prune(ctx)
+
+    def interval_files(self, folder: Path) -> list[Path]:
+        """Interval checkpoints in ``folder``, newest (highest step or epoch) first."""
+        pattern = re.compile(
+            re.escape(self.name_prefix) + r"checkpoint-(step|epoch)-(\d+)\.pth\.tar"
+        )
+        found = [(int(m.group(2)), p) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def _prune(self, ctx: LoopContext) -> None:
+        for old in self.interval_files(self.folder(ctx))[self.max_keep :]:
+            old.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -108,6 +135,12 @@ SCHEMA = {
         "interval_by": {"enum": ["epoch", "step"], "default": "epoch"},
         "save_last": {"type": "boolean", "default": True},
         "save_best": {"type": "boolean", "default": True},
+        "max_keep": {
+            "type": "integer",
+            "minimum": 0,
+            "default": 0,
+            "description": "Also keep this many newest interval checkpoints (step-N / epoch-N).",
+        },
         "strict_match": {
             "type": "boolean",
             "default": False,

@@ -71,6 +71,7 @@ class FuseBN(Callback):
         if ctx.optimizer is not None:
             update_optimizer_params(ctx.optimizer, mapping)
         self.absorbed.append(name)
+        ctx.absorbed_bn.append(name)
         ctx.log({"event": "fuse_bn", "module": name})
 
     def state_dict(self) -> dict[str, Any]:
