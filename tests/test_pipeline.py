@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_plugin_site
 
 import hatcli
 from hatcli.quant import FakeQuantize
@@ -190,27 +191,22 @@ def test_model_without_fuse_model_is_named(hat_cli, tmp_path: Path) -> None:
             "{type: DigitsNet, num_classes: 10, width: 16}", "{type: NoFuse}"
         )
     )
-    plugin_dir = tmp_path / "site"
-    (plugin_dir / "nofuse").mkdir(parents=True)
-    (plugin_dir / "nofuse" / "__init__.py").write_text(
+    env = write_plugin_site(
+        tmp_path / "site",
+        "nofuse",
         textwrap.dedent("""
-        import torch
-        import hatcli
+            import torch
+            import hatcli
 
-        class NoFuse(torch.nn.Sequential):
-            def __init__(self):
-                super().__init__(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+            class NoFuse(torch.nn.Sequential):
+                def __init__(self):
+                    super().__init__(torch.nn.Flatten(), torch.nn.Linear(64, 10))
 
-        @hatcli.hookimpl
-        def hat_register_models(register):
-            register("NoFuse", NoFuse, {"type": "object", "additionalProperties": False})
-    """)
+            @hatcli.hookimpl
+            def hat_register_models(register):
+                register("NoFuse", NoFuse, {"type": "object", "additionalProperties": False})
+        """),
     )
-    dist = plugin_dir / "nofuse-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nofuse\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[hat]\nnofuse = nofuse\n")
-    env = {"PYTHONPATH": str(plugin_dir)}
     train = hat_cli("train", spec, "--stage", "float", "--work-dir", tmp_path / "w", "-q", env=env)
     assert train.returncode == 0, train.stderr
     result = hat_cli("train", spec, "--stage", "calibration", "--work-dir", tmp_path / "w", env=env)
