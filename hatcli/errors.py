@@ -36,6 +36,10 @@ class SpecError(InputError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class DataError(InputError):
+    """A data file is missing or unreadable (raised by datasets, also in loader workers)."""
+
+
 class CheckpointError(InputError):
     """A checkpoint file is missing, corrupt, unsafe or does not fit the model."""
 

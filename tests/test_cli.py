@@ -147,7 +147,8 @@ class _RunsCode:
 def test_bad_checkpoints_are_one_line_errors(hat_cli, tmp_path: Path, make, fragment: str) -> None:
     checkpoint = tmp_path / "ckpt.pth.tar"
     make(checkpoint)
-    result = hat_cli("train", qat_spec(tmp_path, checkpoint), "--stage", "finetune", "-q")
+    spec = qat_spec(tmp_path, checkpoint)
+    result = hat_cli("train", spec, "--stage", "finetune", "--work-dir", tmp_path / "w", "-q")
     assert_input_error(result, str(checkpoint), fragment)
     assert not (tmp_path / "w").exists()
 
@@ -156,8 +157,10 @@ def test_checkpoint_with_code_is_refused_and_code_does_not_run(hat_cli, tmp_path
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "evil.pth.tar"
     torch.save({"state_dict": {}, "x": _RunsCode(str(marker))}, checkpoint, pickle_module=pickle)
-    result = hat_cli("train", qat_spec(tmp_path, checkpoint), "--stage", "finetune", "-q")
+    spec = qat_spec(tmp_path, checkpoint)
+    result = hat_cli("train", spec, "--stage", "finetune", "--work-dir", tmp_path / "w", "-q")
     assert_input_error(result, str(checkpoint), "refused")
+    assert not (tmp_path / "w").exists()
     assert not marker.exists()
 
 

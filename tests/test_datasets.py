@@ -15,6 +15,7 @@ from hat_datasets.npz_arrays import npz_arrays
 from PIL import Image
 
 import hatcli
+from hatcli.errors import DataError
 
 RED = (255, 0, 51)  # 1.0, 0.0, 0.2 after scaling to [0, 1]
 
@@ -87,7 +88,7 @@ def test_image_folder_corrupt_image_is_named(tmp_path: Path) -> None:
     dataset = ImageFolder(str(root))
     assert len(dataset) == 7
     dataset[0]  # the good ones still read
-    with pytest.raises(ValueError, match=r"cannot read image .*9-broken\.png"):
+    with pytest.raises(DataError, match=r"cannot read image .*9-broken\.png"):
         dataset[6]
 
 
@@ -211,3 +212,30 @@ def test_missing_image_folder_is_located_in_the_spec(tmp_path: Path, run_hat) ->
     assert f"spec.yaml:{line}:{column}: data.train: ImageFolder:" in result.stderr
     assert "not found" in result.stderr and "nowhere" in result.stderr
     assert not (tmp_path / "work" / "float" / "summary.json").exists()
+
+
+def test_unreadable_image_in_a_worker_is_a_one_line_input_error(tmp_path: Path, run_hat) -> None:
+    train = _digit_folders(tmp_path / "train")
+    (train / "dark" / "broken.png").write_bytes(b"not an image")
+    text = SPEC.format(train=train, val=_digit_folders(tmp_path / "val"))
+    text = text.replace("shuffle: true}", "shuffle: true, num_workers: 1}")
+    (tmp_path / "spec.yaml").write_text(text)
+    result = run_hat("train", "spec.yaml", "--stage", "float", "--work-dir", "work", "-q")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot read image" in lines[0] and "broken.png" in lines[0]
+
+
+def test_images_of_different_sizes_need_image_size(tmp_path: Path) -> None:
+    root = _digit_folders(tmp_path / "mixed")
+    Image.new("L", (9, 8), 3).save(root / "dark" / "wide.png")
+    dataset = ImageFolder(str(root), grayscale=True)
+    shapes = {
+        dataset[i][0].shape for i in range(len(dataset)) if "wide" not in str(dataset.samples[i][0])
+    }
+    assert shapes == {(1, 8, 8)}
+    wide = next(i for i, (p, _) in enumerate(dataset.samples) if p.name == "wide.png")
+    with pytest.raises(DataError, match=r"wide\.png is 9x8 but others are 8x8; set image_size"):
+        dataset[wide]
+    resized = ImageFolder(str(root), grayscale=True, image_size=[8, 8])
+    assert resized[wide][0].shape == (1, 8, 8)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_plugin_site
+from plugin_site import write_plugin_site
 
 import hatcli
 from hatcli.quant import FakeQuantize

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_plugin_site
+from plugin_site import write_plugin_site
 
 import hatcli
 from hatcli.engine.stage import build_context

@@ -6,12 +6,11 @@ from typing import Any
 
 from hatcli import plugins
 from hatcli.errors import InputError
-from hatcli.spec.loader import JsonPath, Positions, dotted
+from hatcli.spec.loader import JsonPath, Positions
 
 
 def located(positions: Positions, path: JsonPath, message: str) -> InputError:
-    line, column = positions.of_value(path)
-    return InputError(f"{positions.file}:{line}:{column}: {dotted(path)}: {message}")
+    return InputError(str(positions.problem(path, message)))
 
 
 def split_node(

@@ -100,4 +100,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: not a readable checkpoint (not a torch file)") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{file}: not a hat checkpoint (no 'state_dict')")
+    weights = state["state_dict"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise CheckpointError(f"{file}: 'state_dict' is not a mapping of names to tensors")
+    if not isinstance(state.get("meta", {}), dict):
+        raise CheckpointError(f"{file}: 'meta' is not a mapping")
     return state

@@ -17,6 +17,10 @@ class Metric:
     def compute(self) -> dict[str, float]:
         raise NotImplementedError
 
+    def names(self) -> list[str]:
+        """The keys ``compute`` returns (a Checkpoint can monitor them)."""
+        return []
+
 
 class TopKAccuracy(Metric):
     """Fraction of samples whose target is among the ``k`` highest outputs."""
@@ -38,6 +42,9 @@ class TopKAccuracy(Metric):
     def compute(self) -> dict[str, float]:
         return {self.name: self.correct / max(self.total, 1)}
 
+    def names(self) -> list[str]:
+        return [self.name]
+
 
 class MeanLoss(Metric):
     """The loss averaged over samples (not over batches)."""
@@ -55,3 +62,6 @@ class MeanLoss(Metric):
 
     def compute(self) -> dict[str, float]:
         return {"loss": self.total_loss / max(self.count, 1)}
+
+    def names(self) -> list[str]:
+        return ["loss"]

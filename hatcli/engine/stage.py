@@ -149,6 +149,8 @@ def build_context(
         device = resolve_device(stage.get("device"))
     except InputError as exc:
         raise located(spec.positions, stage.where("device"), str(exc)) from None
+    if spec.work_dir.exists() and not spec.work_dir.is_dir():
+        raise InputError(f"work_dir {spec.work_dir} exists and is not a folder")
     convert = ConvertContext(stage.name, DEFAULT_QAT_MODE, spec.positions)
     model = build_model(spec, stage, context=convert)
     if resume is not None:
@@ -165,6 +167,14 @@ def build_context(
         )
     splits = stage.get("data") or {}
     loaders = {split: build_data_loader(spec, split, stage) for split in splits}
+    trains = stage.get("num_epochs") or stage.get("num_steps")
+    if trains and "train" in loaders and len(loaders["train"]) == 0:
+        raise located(
+            spec.positions,
+            stage.where("data", "train"),
+            "the training data gives no batch (empty, or fewer samples than batch_size "
+            "with drop_last)",
+        )
     loss_node = stage.get("loss", "CrossEntropyLoss")
     loss_fn = build_component("losses", loss_node, stage.where("loss"), spec.positions)
     ctx = LoopContext(
@@ -210,8 +220,13 @@ def build_context(
             convert.loaded_checkpoint,
             optimizer=full or bool(stage.get("resume_optimizer", False)),
             position=full or bool(stage.get("resume_epoch_or_step", False)),
+            source=str(resume.path) if resume is not None else str(convert.loaded_from),
         )
     return ctx
+
+
+def stage_resumes(stage: StageSpec) -> bool:
+    return bool(stage.get("resume_epoch_or_step", False))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -227,6 +242,8 @@ def run_stage(
     trainer = build_component(
         "trainers", trainer_node, spec.stage(stage_name).where("trainer"), spec.positions
     )
+    if resume is None and not stage_resumes(spec.stage(stage_name)):
+        (ctx.stage_dir / "metrics.jsonl").unlink(missing_ok=True)  # a new run, a new log
     started = time.perf_counter()
     trainer.fit(ctx)
     summary = {

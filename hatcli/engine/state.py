@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from hatcli.engine.context import LoopContext
+from hatcli.errors import CheckpointError
 
 FORMAT_VERSION = 1
 
@@ -82,18 +83,36 @@ def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
             "qat_mode": ctx.qat_mode,
             "world_size": ctx.world_size,
             "model_class": type(ctx.model).__name__,
+            "optimizer_class": type(ctx.optimizer).__name__ if ctx.optimizer else None,
         },
     }
 
 
 def restore_training_state(
-    ctx: LoopContext, checkpoint: dict[str, Any], *, optimizer: bool, position: bool
+    ctx: LoopContext,
+    checkpoint: dict[str, Any],
+    *,
+    optimizer: bool,
+    position: bool,
+    source: str = "checkpoint",
 ) -> None:
     """Apply the seed's resume uses: optimizer (+LR) only, or everything (position too)."""
     if optimizer and ctx.optimizer is not None and checkpoint.get("optimizer") is not None:
-        ctx.optimizer.load_state_dict(checkpoint["optimizer"])
-        if ctx.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
-            ctx.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        meta = checkpoint.get("meta", {})
+        saved = meta.get("optimizer_class")
+        if saved is not None and saved != type(ctx.optimizer).__name__:
+            raise CheckpointError(
+                f"{source}: its optimizer state is {saved}'s, but this stage uses "
+                f"{type(ctx.optimizer).__name__}; set resume_optimizer: false"
+            )
+        try:
+            ctx.optimizer.load_state_dict(checkpoint["optimizer"])
+            if ctx.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
+                ctx.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{source}: its optimizer or LR scheduler state does not fit this stage ({exc})"
+            ) from None
     if not position:
         return
     ctx.epoch = int(checkpoint.get("epoch", 0))

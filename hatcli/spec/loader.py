@@ -100,9 +100,12 @@ def _plain(node: Any, path: JsonPath, pos: Positions, problems: list[Problem], d
         out: dict[str, Any] = {}
         for key in node:
             child_path = (*path, str(key))
-            line, col = node.lc.key(key)
+            try:
+                line, col = node.lc.key(key)
+                vline, vcol = node.lc.value(key)
+            except KeyError:  # brought in by a '<<' merge: located at the mapping
+                line, col = vline, vcol = tuple(p - 1 for p in pos.of_value(path))
             pos.keys[child_path] = (line + 1, col + 1)
-            vline, vcol = node.lc.value(key)
             pos.values[child_path] = (vline + 1, vcol + 1)
             if not isinstance(key, str):
                 problems.append(

@@ -99,8 +99,10 @@ def _schema_problems(data: dict[str, Any], positions: Positions) -> list[Problem
 def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]:
     """Rules that span several keys, which the schema cannot say clearly."""
     problems: list[Problem] = []
-    top_data = data.get("data") or {}
-    for stage_name, stage in (data.get("stages") or {}).items():
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        return problems  # the schema reports it
+    for stage_name, stage in stages.items():
         if not isinstance(stage, dict):
             continue
         where: JsonPath = ("stages", stage_name)
@@ -116,7 +118,8 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
                     (*where, "num_steps"), "set num_epochs or num_steps, not both", at_key=True
                 )
             )
-        trains = stage.get("num_epochs", 0) > 0 or "num_steps" in stage
+        epochs = stage.get("num_epochs", 0)
+        trains = (isinstance(epochs, int) and epochs > 0) or "num_steps" in stage
         if not trains:
             continue
         trainer = _trainer_of(stage)
@@ -124,8 +127,8 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
             problems.append(
                 positions.problem(where, "this stage trains but has no 'optimizer'", at_key=True)
             )
-        splits = stage.get("data") or top_data
-        if "train" not in splits:
+        splits = stage["data"] if "data" in stage else data.get("data")  # as Spec.stage does
+        if isinstance(splits, dict) and "train" not in splits:
             problems.append(
                 positions.problem(
                     where, "this stage trains but no 'train' data loader is set", at_key=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ from hatcli.engine.callback import Callback
 from hatcli.engine.checkpoint_io import remove_stale_temp_files, save_checkpoint
 from hatcli.engine.context import LoopContext
 from hatcli.engine.state import checkpoint_state
+from hatcli.errors import InputError
 
 
 class Checkpoint(Callback):
@@ -52,6 +54,19 @@ class Checkpoint(Callback):
 
     def path(self, ctx: LoopContext, which: str) -> Path:
         return self.folder(ctx) / f"{self.name_prefix}checkpoint-{which}.pth.tar"
+
+    def check(self, ctx: LoopContext) -> None:
+        if self.monitor is None:
+            return
+        known = [n for cb in ctx.callbacks for n in getattr(cb, "metric_names", list)()]
+        if not known:
+            raise InputError(
+                f"Checkpoint: monitor_metric_key {self.monitor!r} needs a Validation callback"
+            )
+        if self.monitor not in known:
+            close = difflib.get_close_matches(self.monitor, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+            raise InputError(f"Checkpoint: no metric {self.monitor!r}{hint}")
 
     def on_loop_begin(self, ctx: LoopContext) -> None:
         if self.folder(ctx).is_dir():

@@ -31,6 +31,15 @@ class SaveTraced(Callback):
 
     def check(self, ctx: LoopContext) -> None:
         no_input = self.input_shape is None and self.trace_inputs is None
+        if not no_input and self.split in ctx.data_loaders:
+            # Fail now, not after training: the example must look like the data.
+            given = tuple(self.example_input(ctx).shape[1:])
+            sample, _ = ctx.data_loaders[self.split].dataset[0]
+            if given != tuple(sample.shape):
+                raise InputError(
+                    f"SaveTraced: the trace input's sample shape {list(given)} differs from "
+                    f"the {self.split!r} data's {list(sample.shape)}"
+                )
         if no_input and self.split not in ctx.data_loaders:
             raise InputError(
                 f"SaveTraced: give input_shape or trace_inputs, or a data loader "
@@ -39,7 +48,12 @@ class SaveTraced(Callback):
 
     def example_input(self, ctx: LoopContext) -> torch.Tensor:
         if self.trace_inputs is not None:
-            return torch.tensor(self.trace_inputs, dtype=torch.float32)
+            try:
+                return torch.tensor(self.trace_inputs, dtype=torch.float32)
+            except (ValueError, TypeError) as exc:
+                raise InputError(
+                    f"SaveTraced: trace_inputs is not a rectangular array: {exc}"
+                ) from None
         if self.input_shape is not None:
             generator = torch.Generator().manual_seed(0)
             return torch.rand(self.input_shape, generator=generator)

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from hatcli import plugins
+from hatcli.engine.build import split_node
 from hatcli.engine.callback import Callback
 from hatcli.engine.context import LoopContext
 from hatcli.engine.metric import MeanLoss, Metric, TopKAccuracy
@@ -28,6 +30,9 @@ class Validation(Callback):
         self.interval_by = interval_by
         self.at_end = at_end
         self.metrics: list[Metric] = [TopKAccuracy(1), MeanLoss(), *(metrics or [])]
+
+    def metric_names(self) -> list[str]:
+        return [name for metric in self.metrics for name in metric.names()]
 
     def check(self, ctx: LoopContext) -> None:
         if self.split not in ctx.data_loaders:
@@ -71,18 +76,9 @@ class Validation(Callback):
 
 
 def build_validation(metrics: list[Any] | None = None, **params: Any) -> Validation:
-    from hatcli import plugins
-
     built = []
     for node in metrics or []:
-        name, args = (
-            (node, {})
-            if isinstance(node, str)
-            else (
-                node["type"],
-                {k: v for k, v in node.items() if k != "type"},
-            )
-        )
+        name, args = split_node(node)
         built.append(plugins.get_component("metrics", name).factory(**args))
     return Validation(metrics=built, **params)
 

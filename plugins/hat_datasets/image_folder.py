@@ -9,6 +9,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from hatcli.errors import DataError
+
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -39,6 +41,7 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
             raise ValueError(f"{folder} holds no images ({', '.join(sorted(EXTENSIONS))})")
         self.size = tuple(image_size) if image_size else None
         self.mode = "L" if grayscale else "RGB"
+        self._first_shape: tuple[int, ...] | None = None
         channels = 1 if grayscale else 3
         for name, values in (("mean", mean), ("std", std)):
             if values is not None and len(values) not in (1, channels):
@@ -58,7 +61,15 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
                     image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
                 array = np.asarray(image, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read image {path}: {exc}") from None
+            raise DataError(f"cannot read image {path}: {exc}") from None
+        if self.size is None:
+            # Without image_size every image must have the first one's size.
+            first = self._first_shape = self._first_shape or array.shape
+            if array.shape != first:
+                raise DataError(
+                    f"image {path} is {array.shape[1]}x{array.shape[0]} but others are "
+                    f"{first[1]}x{first[0]}; set image_size to resize them"
+                )
         tensor = torch.from_numpy(array.copy())
         tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         return (tensor - self.mean) / self.std, target
