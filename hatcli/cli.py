@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from hatcli import plugins
 from hatcli.engine.interrupt import Interrupted
+from hatcli.engine.launch import Launch, run_workers
 from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError
 
 app = typer.Typer(
@@ -35,9 +37,15 @@ WorkDirOpt = Annotated[
 ]
 
 
+def _is_main_process() -> bool:
+    """Under a launcher only rank 0 reports, so an error shows once, not once per rank."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _fail(lines: list[str], code: int) -> None:
-    for line in lines:
-        err.print(line, markup=False)
+    if _is_main_process():
+        for line in lines:
+            err.print(line, markup=False)
     raise typer.Exit(code)
 
 
@@ -84,17 +92,41 @@ def validate(spec: SpecArg) -> None:
     err.print(f"{spec}: ok ({stages})", markup=False)
 
 
-@app.command()
-def train(
-    spec: SpecArg,
-    stage: Annotated[
-        str, typer.Option("--stage", "-s", help="float | qat | int_infer | any stage | all")
-    ],
-    work_dir: WorkDirOpt = None,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Run one stage of SPEC (or every stage in order with --stage all)."""
+NprocOpt = Annotated[
+    int,
+    typer.Option("--nproc", help="Worker processes on this machine (torch's elastic launcher)."),
+]
+NnodesOpt = Annotated[int, typer.Option("--nnodes", help="Machines taking part.")]
+NodeRankOpt = Annotated[int, typer.Option("--node-rank", help="This machine's index.")]
+MasterAddrOpt = Annotated[str, typer.Option("--master-addr", help="Address of node rank 0.")]
+MasterPortOpt = Annotated[int | None, typer.Option("--master-port", help="Its port.")]
+RdzvOpt = Annotated[
+    str | None, typer.Option("--rdzv-endpoint", help="host:port of a c10d rendezvous instead.")
+]
+
+
+def _launch_or_run(launch: Launch, command: str, kwargs: dict[str, Any]) -> None:
+    if launch.nproc == 1 and launch.nnodes == 1:
+        _COMMANDS[command](**kwargs)
+        return
+    code = _guard(lambda: run_workers(launch, worker_main, command, kwargs))
+    raise typer.Exit(code)
+
+
+def worker_main(command: str, kwargs: dict[str, Any]) -> None:
+    """What each launched worker runs: the same command, in one process of the group."""
+    from hatcli.engine.distributed import destroy_process_group
+
+    warnings.formatwarning = _format_warning  # type: ignore[assignment]
+    try:
+        _COMMANDS[command](**kwargs)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    finally:
+        destroy_process_group()
+
+
+def _train(spec: Path, stage: str, work_dir: Path | None, quiet: bool, verbose: bool) -> None:
     from hatcli.engine.stage import run_stage
     from hatcli.spec.spec import load_spec
 
@@ -105,8 +137,71 @@ def train(
         _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
     for name in names:
         summary = _guard(lambda name=name: run_stage(loaded, name, quiet=quiet), verbose)
-        if not quiet:
+        if not quiet and _is_main_process():
             _print_done(name, summary)
+
+
+def _resume(
+    spec: Path,
+    stage: str,
+    from_path: Path | None,
+    work_dir: Path | None,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    from hatcli.engine.distributed import launched_world_size
+    from hatcli.engine.resume import find_resume_point
+    from hatcli.engine.stage import run_stage
+    from hatcli.spec.spec import load_spec
+
+    loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
+    if stage not in loaded.stage_names:
+        known = ", ".join(loaded.stage_names)
+        _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
+
+    def warn(message: str) -> None:
+        if _is_main_process():
+            err.print(f"warning: {message}", markup=False)
+
+    world = launched_world_size()
+    point = _guard(lambda: find_resume_point(loaded, stage, from_path, warn, world))
+    if point.finished:
+        if _is_main_process():
+            err.print(f"stage {stage!r} already finished ({point.position}); nothing to do")
+        return
+    if not quiet and _is_main_process():
+        err.print(f"[{stage}] resuming from {point.path} ({point.position})", markup=False)
+    summary = _guard(lambda: run_stage(loaded, stage, quiet=quiet, resume=point), verbose)
+    if not quiet and _is_main_process():
+        _print_done(stage, summary)
+
+
+_COMMANDS: dict[str, Callable[..., None]] = {"train": _train, "resume": _resume}
+
+
+@app.command()
+def train(
+    spec: SpecArg,
+    stage: Annotated[
+        str, typer.Option("--stage", "-s", help="float | qat | int_infer | any stage | all")
+    ],
+    work_dir: WorkDirOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    nproc: NprocOpt = 1,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = "127.0.0.1",
+    master_port: MasterPortOpt = None,
+    rdzv_endpoint: RdzvOpt = None,
+) -> None:
+    """Run one stage of SPEC (or every stage in order with --stage all)."""
+    launch = Launch(nproc, nnodes, node_rank, master_addr, master_port, rdzv_endpoint)
+    _launch_or_run(
+        launch,
+        "train",
+        {"spec": spec, "stage": stage, "work_dir": work_dir, "quiet": quiet, "verbose": verbose},
+    )
 
 
 def _print_done(stage: str, summary: dict[str, Any]) -> None:
@@ -128,29 +223,17 @@ def resume(
     work_dir: WorkDirOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    nproc: NprocOpt = 1,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = "127.0.0.1",
+    master_port: MasterPortOpt = None,
+    rdzv_endpoint: RdzvOpt = None,
 ) -> None:
     """Continue an interrupted stage exactly where its last checkpoint left it."""
-    from hatcli.engine.resume import find_resume_point
-    from hatcli.engine.stage import run_stage
-    from hatcli.spec.spec import load_spec
-
-    loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
-    if stage not in loaded.stage_names:
-        known = ", ".join(loaded.stage_names)
-        _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
-
-    def warn(message: str) -> None:
-        err.print(f"warning: {message}", markup=False)
-
-    point = _guard(lambda: find_resume_point(loaded, stage, from_path, warn))
-    if point.finished:
-        err.print(f"stage {stage!r} already finished ({point.position}); nothing to do")
-        return
-    if not quiet:
-        err.print(f"[{stage}] resuming from {point.path} ({point.position})", markup=False)
-    summary = _guard(lambda: run_stage(loaded, stage, quiet=quiet, resume=point), verbose)
-    if not quiet:
-        _print_done(stage, summary)
+    launch = Launch(nproc, nnodes, node_rank, master_addr, master_port, rdzv_endpoint)
+    kwargs = {"spec": spec, "stage": stage, "from_path": from_path, "work_dir": work_dir}
+    _launch_or_run(launch, "resume", {**kwargs, "quiet": quiet, "verbose": verbose})
 
 
 @app.command("plugins")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,14 @@ class LoopContext:
     finished: bool = False
     world_size: int = 1
     rank: int = 0
+    forward_model: nn.Module | None = None
+    on_model_changed: Callable[[], None] | None = None
     absorbed_bn: list[str] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process (rank 0) writes files and shows progress."""
+        return self.rank == 0
 
     @property
     def stage_dir(self) -> Path:
@@ -71,7 +79,9 @@ class LoopContext:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one line to ``{work_dir}/{stage}/metrics.jsonl``."""
+        """Append one line to ``{work_dir}/{stage}/metrics.jsonl`` (main process only)."""
+        if not self.is_main:
+            return
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         line = {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, **record}
         with (self.stage_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:

@@ -75,7 +75,7 @@ class Trainer:
         inputs, targets = batch
         assert ctx.optimizer is not None
         ctx.optimizer.zero_grad(set_to_none=True)
-        outputs = ctx.model(inputs)
+        outputs = (ctx.forward_model or ctx.model)(inputs)
         loss = ctx.loss_fn(outputs, targets)
         value = loss.item()
         if not math.isfinite(value):

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from hatcli.engine.distributed import all_reduce_sum
+
 
 class Metric:
-    """``reset()``, then ``update(outputs, targets, loss)`` per batch, then ``compute()``."""
+    """``reset()``, then ``update(outputs, targets, loss)`` per batch, then ``compute()``.
+
+    ``sums`` names the attributes that add up over batches; with several processes
+    they are summed over ranks before ``compute`` (exact counts, not mean of means).
+    """
+
+    sums: tuple[str, ...] = ()
+
+    def reduce_over_processes(self) -> None:
+        totals = all_reduce_sum([float(getattr(self, name)) for name in self.sums])
+        for name, value in zip(self.sums, totals, strict=True):
+            setattr(self, name, value)
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -24,6 +37,8 @@ class Metric:
 
 class TopKAccuracy(Metric):
     """Fraction of samples whose target is among the ``k`` highest outputs."""
+
+    sums = ("correct", "total")
 
     def __init__(self, k: int = 1, name: str | None = None) -> None:
         self.k = k
@@ -48,6 +63,8 @@ class TopKAccuracy(Metric):
 
 class MeanLoss(Metric):
     """The loss averaged over samples (not over batches)."""
+
+    sums = ("total_loss", "count")
 
     def reset(self) -> None:
         self.total_loss = 0.0

@@ -24,6 +24,7 @@ class ProgressReporter(Callback):
         self._epoch_samples = 0
 
     def on_loop_begin(self, ctx: LoopContext) -> None:
+        self.quiet = self.quiet or not ctx.is_main
         if self.quiet or ctx.total_steps == 0:
             return
         if self.console.is_terminal:

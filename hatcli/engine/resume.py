@@ -55,6 +55,7 @@ def find_resume_point(
     stage_name: str,
     from_path: Path | None = None,
     warn: Callable[[str], None] = lambda message: None,
+    world_size: int = 1,
 ) -> ResumePoint:
     """The checkpoint to continue ``stage_name`` from, checked against the spec."""
     if from_path is not None:
@@ -83,7 +84,7 @@ def find_resume_point(
             raise InputError(f"no intact checkpoint to resume stage {stage_name!r} from")
         if point.path != existing[0]:
             warn(f"resuming from {point.path} ({point.position})")
-    check_fits(spec, stage_name, point)
+    check_fits(spec, stage_name, point, world_size)
     return point
 
 

@@ -9,10 +9,28 @@ from torch.utils.data import Sampler
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffled (or in order) indices for one epoch; ``set_epoch`` picks the permutation."""
+    """Shuffled (or in order) indices for one epoch; ``set_epoch`` picks the permutation.
 
-    def __init__(self, data: Sized, shuffle: bool, seed: int) -> None:
-        self.size = len(data)
+    With several processes each takes every ``world_size``-th index of the epoch's
+    order, starting at its ``rank``; ``pad`` repeats the first indices so every rank gets
+    as many (training), without it the ranks split the data exactly (validation).
+    """
+
+    def __init__(
+        self,
+        data: Sized,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ) -> None:
+        self.total = len(data)
+        self.rank = rank
+        self.world_size = world_size
+        self.pad = pad
+        per_rank = -(-self.total // world_size)
+        self.size = per_rank if pad else len(range(rank, self.total, world_size))
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -24,10 +42,16 @@ class EpochSampler(Sampler[int]):
         self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.start, self.size))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator)[self.start :].tolist())
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.total, generator=generator)
+        else:
+            order = torch.arange(self.total)
+        if self.pad and self.world_size > 1:
+            extra = self.size * self.world_size - self.total
+            order = torch.cat([order, order[:extra]])
+        mine = order[self.rank :: self.world_size]
+        return iter(mine[self.start :].tolist())
 
     def __len__(self) -> int:
         # The whole epoch, also when resumed part-way: len(loader) is the epoch's length.

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hatcli import plugins
+from hatcli.engine import distributed
 from hatcli.engine.build import build_component, located, split_node
 from hatcli.engine.callback import Callback
 from hatcli.engine.checkpoint_io import atomic_write_bytes
@@ -90,7 +91,14 @@ def build_data_loader(
     node = splits[split]
     dataset = build_component("datasets", node, (*where, split), spec.positions, drop=LOADER_KEYS)
     settings = node if isinstance(node, dict) else {}
-    sampler = EpochSampler(dataset, bool(settings.get("shuffle", False)), seed)
+    sampler = EpochSampler(
+        dataset,
+        bool(settings.get("shuffle", False)),
+        seed,
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
+        pad=split == "train",  # training ranks take equal steps; evaluation splits exactly
+    )
     return DataLoader(
         dataset,
         batch_size=int(settings.get("batch_size", 32)),
@@ -136,7 +144,12 @@ def _build_scheduler(
 
 
 def build_context(
-    spec: Spec, stage_name: str, *, quiet: bool = True, resume: ResumePoint | None = None
+    spec: Spec,
+    stage_name: str,
+    *,
+    quiet: bool = True,
+    resume: ResumePoint | None = None,
+    trainer: Any = None,
 ) -> LoopContext:
     """Everything a stage needs, assembled and checked, before any training starts.
 
@@ -157,6 +170,8 @@ def build_context(
         load_weights(model, resume.checkpoint, str(resume.path))
         convert.loaded_checkpoint = resume.checkpoint
         convert.absorbed_bn = list(resume.checkpoint.get("absorbed_bn") or [])
+    if trainer is not None and hasattr(trainer, "prepare_model"):
+        model = trainer.prepare_model(model)  # e.g. SyncBatchNorm, before the optimizer
     model = model.to(device)
     if (stage.get("num_epochs") or stage.get("num_steps")) and _is_integer_model(model):
         key = "num_epochs" if stage.get("num_epochs") else "num_steps"
@@ -190,6 +205,8 @@ def build_context(
         num_steps=stage.get("num_steps"),
         qat_mode=convert.qat_mode,
         log_interval=int(stage.get("log_interval", 10)),
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
     )
     if stage.get("optimizer") is not None:
         ctx.optimizer = build_component(
@@ -237,12 +254,26 @@ def run_stage(
     spec: Spec, stage_name: str, *, quiet: bool = True, resume: ResumePoint | None = None
 ) -> dict[str, Any]:
     """Run one stage to its end (or continue it from ``resume``); write ``summary.json``."""
-    ctx = build_context(spec, stage_name, quiet=quiet, resume=resume)
-    trainer_node = spec.stage(stage_name).get("trainer", "Trainer")
+    stage = spec.stage(stage_name)
     trainer = build_component(
-        "trainers", trainer_node, spec.stage(stage_name).where("trainer"), spec.positions
+        "trainers", stage.get("trainer", "Trainer"), stage.where("trainer"), spec.positions
     )
-    if resume is None and not stage_resumes(spec.stage(stage_name)):
+    if distributed.launched_world_size() > 1 and not getattr(
+        trainer, "supports_distributed", False
+    ):
+        raise located(
+            spec.positions,
+            stage.where("trainer"),
+            f"this stage runs in {distributed.launched_world_size()} processes but its trainer "
+            "is not distributed; use trainer: distributed_data_parallel_trainer",
+        )
+    if hasattr(trainer, "setup"):
+        try:
+            trainer.setup(resolve_device(stage.get("device")))  # e.g. join the process group
+        except InputError as exc:
+            raise located(spec.positions, stage.where("trainer"), str(exc)) from None
+    ctx = build_context(spec, stage_name, quiet=quiet, resume=resume, trainer=trainer)
+    if resume is None and not stage_resumes(stage) and ctx.is_main:
         (ctx.stage_dir / "metrics.jsonl").unlink(missing_ok=True)  # a new run, a new log
     started = time.perf_counter()
     trainer.fit(ctx)
@@ -257,6 +288,8 @@ def run_stage(
         "device": str(ctx.device),
         "finished": True,
         "resumed_from": str(resume.path) if resume is not None else None,
+        "world_size": ctx.world_size,
     }
-    write_json(ctx.stage_dir / "summary.json", summary)
+    if ctx.is_main:
+        write_json(ctx.stage_dir / "summary.json", summary)
     return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 QUANT_MIN = -128
@@ -51,6 +52,11 @@ class _Observer(nn.Module):
         if x.numel() == 0:
             return x
         cur_min, cur_max = self._batch_min_max(x.detach().float())
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            # Every rank observes the global batch's range, so all quantize alike (and
+            # as one process with the whole batch would).
+            dist.all_reduce(cur_min, op=dist.ReduceOp.MIN)
+            dist.all_reduce(cur_max, op=dist.ReduceOp.MAX)
         if self.min_val.shape != cur_min.shape or not self.initialized:
             # The first batch initialises the running range.
             self.min_val = cur_min.clone()

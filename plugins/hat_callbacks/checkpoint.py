@@ -105,6 +105,8 @@ class Checkpoint(Callback):
         self._best_checked_step = ctx.global_step
         if improved and self.monitor is not None:
             self.best = ctx.metrics[self.monitor]
+        if not ctx.is_main:
+            return
         state = checkpoint_state(ctx)
         state["best"] = {"metric": self.monitor, "mode": self.mode, "value": self.best}
         if self.save_last:

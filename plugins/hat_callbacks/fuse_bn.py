@@ -70,6 +70,8 @@ class FuseBN(Callback):
         mapping = absorb_bn(ctx.model.get_submodule(name))
         if ctx.optimizer is not None:
             update_optimizer_params(ctx.optimizer, mapping)
+        if ctx.on_model_changed is not None:
+            ctx.on_model_changed()  # e.g. DDP re-wraps the model without the BN parameters
         self.absorbed.append(name)
         ctx.absorbed_bn.append(name)
         ctx.log({"event": "fuse_bn", "module": name})

@@ -65,6 +65,8 @@ class SaveTraced(Callback):
 
     @torch.no_grad()
     def on_loop_end(self, ctx: LoopContext) -> None:
+        if not ctx.is_main:
+            return
         was_training = ctx.model.training
         ctx.model.eval()
         example = self.example_input(ctx).to(ctx.device)

@@ -67,6 +67,7 @@ class Validation(Callback):
                 metric.update(outputs, targets, loss)
         results: dict[str, float] = {}
         for metric in self.metrics:
+            metric.reduce_over_processes()
             results.update(metric.compute())
         ctx.model.train(was_training)
         ctx.metrics = results

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hatcli.engine import distributed
 from hatcli.engine.context import LoopContext
 from hatcli.engine.loop import Trainer
 from hatcli.quant import FakeQuantize
@@ -16,6 +17,11 @@ class Calibrator(Trainer):
     """Observers see the training data (fake quantization off, BN statistics frozen)."""
 
     needs_optimizer = False
+    supports_distributed = True
+
+    def setup(self, device: torch.device) -> None:
+        if distributed.launched_world_size() > 1:  # observers then reduce over ranks
+            distributed.init_process_group(distributed.choose_backend("auto", device), device)
 
     def fit(self, ctx: LoopContext) -> None:
         fake_quants = [m for m in ctx.model.modules() if isinstance(m, FakeQuantize)]

@@ -1,0 +1,274 @@
+"""distributed_data_parallel_trainer on real processes (gloo, 2 CPU workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from plugin_site import write_plugin_site
+
+RANK_PLUGIN = textwrap.dedent("""
+    import os
+    import signal
+
+    import torch
+    import hatcli
+    from hatcli.engine.callback import Callback
+
+    class RankProbe(Callback):
+        def on_step_end(self, ctx):
+            if (ctx.global_step == int(os.environ.get("HAT_TEST_KILL_AT_STEP", "0"))
+                    and ctx.rank == int(os.environ.get("HAT_TEST_KILL_RANK", "0"))):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_loop_end(self, ctx):
+            observers = {k: v for k, v in ctx.model.state_dict().items()
+                         if "activation_post_process" in k}
+            torch.save(observers, ctx.work_dir / f"observers-rank{ctx.rank}.pt")
+
+    @hatcli.hookimpl
+    def hat_register_callbacks(register):
+        register("RankProbe", RankProbe, {"type": "object", "additionalProperties": False})
+""")
+
+SPEC = """\
+version: 1
+name: ddp
+seed: 1
+model: {type: DigitsNet, width: 8}
+data:
+  train: {type: Digits, split: train, batch_size: BATCH, shuffle: true}
+  val: {type: Digits, split: val, batch_size: 100}
+stages:
+  float:
+    trainer: {type: distributed_data_parallel_trainer, sync_bn: true}
+    optimizer: {type: SGD, lr: 0.1, momentum: 0.9}
+    num_steps: 30
+    callbacks:
+      - {type: RankProbe}
+      - {type: Validation, every: 15, interval_by: step}
+      - {type: Checkpoint, name_prefix: float-, interval_by: step, save_interval: 5}
+  qat:
+    trainer: distributed_data_parallel_trainer
+    model_convert_pipeline:
+      converters:
+        - {type: LoadCheckpoint, checkpoint_path: 'FLOAT_CHECKPOINT'}
+        - {type: Float2QAT}
+    optimizer: {type: SGD, lr: 0.02, momentum: 0.9}
+    num_steps: 12
+    callbacks:
+      - {type: RankProbe}
+      - {type: Validation}
+      - {type: Checkpoint, name_prefix: qat-}
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_plugin_site(tmp_path_factory.mktemp("site"), "hat_test_rank", RANK_PLUGIN)
+
+
+def spec_file(folder: Path, batch: int, float_checkpoint: Path | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    start = float_checkpoint or folder / "float-checkpoint-last.pth.tar"
+    path.write_text(SPEC.replace("BATCH", str(batch)).replace("FLOAT_CHECKPOINT", str(start)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(hat_cli, env, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """float then qat, once in 1 process with batch 64, once in 2 processes with batch 32;
+    both qat stages start from the 1-process float weights, so they compare alone."""
+    out: dict[str, Path] = {}
+    for name, batch, nproc in (("one", 64, "1"), ("two", 32, "2")):
+        work = tmp_path_factory.mktemp(name)
+        start = out["one"] / "float-checkpoint-last.pth.tar" if out else None
+        spec = spec_file(work, batch, start)
+        for stage in ("float", "qat"):
+            result = hat_cli(
+                "train",
+                spec,
+                "--stage",
+                stage,
+                "--work-dir",
+                work,
+                "--nproc",
+                nproc,
+                "-q",
+                env=env,
+            )
+            assert result.returncode == 0, result.stderr
+        out[name] = work
+    return out
+
+
+def states(work: Path, stage: str) -> dict[str, torch.Tensor]:
+    return torch.load(work / f"{stage}-checkpoint-last.pth.tar", weights_only=True)["state_dict"]
+
+
+def test_two_processes_train_like_one_with_twice_the_batch_float(runs) -> None:
+    one, two = states(runs["one"], "float"), states(runs["two"], "float")
+    assert one.keys() == two.keys()
+    for name, tensor in one.items():  # only the order of summation differs
+        torch.testing.assert_close(two[name].float(), tensor.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_train_like_one_with_twice_the_batch_qat(runs) -> None:
+    # A last-bit difference can move a value across a rounding boundary of the fake
+    # quantizer, after which a few weights differ by about one quantization step.
+    one, two = states(runs["one"], "qat"), states(runs["two"], "qat")
+    assert one.keys() == two.keys()
+    close = total = 0
+    for name, tensor in one.items():
+        diff = (two[name].float() - tensor.float()).abs()
+        assert diff.max() <= 0.02, name
+        close += int((diff <= 1e-3).sum())
+        total += diff.numel()
+    assert close / total >= 0.99
+
+
+def test_observer_scales_are_identical_on_both_ranks(runs) -> None:
+    rank0 = torch.load(runs["two"] / "observers-rank0.pt", weights_only=True)
+    rank1 = torch.load(runs["two"] / "observers-rank1.pt", weights_only=True)
+    assert rank0 and rank0.keys() == rank1.keys()
+    for name, tensor in rank0.items():
+        assert torch.equal(tensor, rank1[name]), name
+
+
+def test_metrics_are_reduced_and_every_file_is_written_once(runs) -> None:
+    def files(work: Path) -> list[str]:
+        return sorted(
+            str(p.relative_to(work)) for p in work.rglob("*") if "observers" not in p.name
+        )
+
+    assert files(runs["two"]) == files(runs["one"])
+    summary = json.loads((runs["two"] / "float" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    records = [json.loads(line) for line in (runs["two"] / "float" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if r["event"] == "val"] == [15, 30]
+    one = json.loads((runs["one"] / "float" / "summary.json").read_text())
+    # Exact counts over ranks: the same accuracy, to the sample, as one process.
+    assert summary["metrics"]["accuracy"] == one["metrics"]["accuracy"]
+
+
+def test_a_killed_rank_stops_the_run_and_resume_continues_it(
+    hat_cli, env, runs, tmp_path: Path
+) -> None:
+    spec = spec_file(tmp_path, 32)
+    killed = hat_cli(
+        "train",
+        spec,
+        "--stage",
+        "float",
+        "--work-dir",
+        tmp_path,
+        "--nproc",
+        "2",
+        "-q",
+        env={**env, "HAT_TEST_KILL_AT_STEP": "13", "HAT_TEST_KILL_RANK": "1"},
+    )
+    assert killed.returncode != 0
+    assert "worker rank 1 failed first" in killed.stderr
+    assert "Traceback" not in killed.stderr
+    last = torch.load(tmp_path / "float-checkpoint-last.pth.tar", weights_only=True)
+    assert last["global_step"] == 10 and last["meta"]["world_size"] == 2
+    wrong = hat_cli("resume", spec, "--stage", "float", "--work-dir", tmp_path, "-q", env=env)
+    assert wrong.returncode == 2
+    assert "saved by 2 processes but this run has 1" in wrong.stderr
+    resumed = hat_cli(
+        "resume", spec, "--stage", "float", "--work-dir", tmp_path, "--nproc", "2", "-q", env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    reference = states(runs["two"], "float")
+    for name, tensor in states(tmp_path, "float").items():
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_the_same_spec_runs_under_torchrun(hat_cli, env, runs, tmp_path: Path) -> None:
+    import subprocess
+
+    spec = spec_file(tmp_path, 32)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "hatcli",
+            "train",
+            str(spec),
+            "--stage",
+            "float",
+            "--work-dir",
+            str(tmp_path),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, result.stderr
+    reference = states(runs["two"], "float")
+    for name, tensor in states(tmp_path, "float").items():
+        # torchrun sets OMP_NUM_THREADS=1, which changes float summation order slightly.
+        torch.testing.assert_close(tensor.float(), reference[name].float(), rtol=1e-4, atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_bad_launches_are_input_errors(hat_cli, env, tmp_path: Path) -> None:
+    spec = spec_file(tmp_path, 32)
+    zero = hat_cli("train", spec, "--stage", "float", "--nproc", "0", env=env)
+    assert zero.returncode == 2 and "--nproc and --nnodes must be at least 1" in zero.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        taken = hat_cli(
+            "train", spec, "--stage", "float", "--nproc", "2", "--master-port", port, env=env
+        )
+    assert taken.returncode == 2 and f"--master-port {port} is in use" in taken.stderr
+    nccl = spec_file(tmp_path / "nccl", 32)
+    nccl.write_text(nccl.read_text().replace("sync_bn: true", "backend: nccl"))
+    result = hat_cli("train", nccl, "--stage", "float", "--work-dir", tmp_path / "w", env=env)
+    if not torch.cuda.is_available():
+        assert result.returncode == 2 and "needs CUDA GPUs" in result.stderr
+    plain = spec_file(tmp_path / "plain", 32)
+    plain.write_text(
+        plain.read_text().replace(
+            "{type: distributed_data_parallel_trainer, sync_bn: true}", "Trainer"
+        )
+    )
+    result = hat_cli(
+        "train",
+        plain,
+        "--stage",
+        "float",
+        "--work-dir",
+        tmp_path / "w",
+        "--nproc",
+        "2",
+        env=env,
+    )
+    assert result.returncode == 2 and "use trainer: distributed_data_parallel_trainer" in (
+        result.stderr
+    )
+    assert result.stderr.count("error:") == 1  # once, not once per worker
+    assert signal.SIGKILL  # (kills in these tests are real signals)
