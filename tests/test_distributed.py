@@ -29,9 +29,8 @@ RANK_PLUGIN = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
 
         def on_loop_end(self, ctx):
-            observers = {k: v for k, v in ctx.model.state_dict().items()
-                         if "activation_post_process" in k}
-            torch.save(observers, ctx.work_dir / f"observers-rank{ctx.rank}.pt")
+            buffers = dict(ctx.model.named_buffers())
+            torch.save(buffers, ctx.work_dir / f"buffers-{ctx.stage}-rank{ctx.rank}.pt")
 
     @hatcli.hookimpl
     def hat_register_callbacks(register):
@@ -67,6 +66,20 @@ stages:
       - {type: RankProbe}
       - {type: Validation}
       - {type: Checkpoint, name_prefix: qat-}
+  qat_bn:
+    trainer: {type: distributed_data_parallel_trainer, sync_bn: true}
+    model_convert_pipeline:
+      qat_mode: with_bn_reverse_fold
+      converters:
+        - {type: LoadCheckpoint, checkpoint_path: 'FLOAT_CHECKPOINT'}
+        - {type: Float2QAT}
+    optimizer: {type: SGD, lr: 0.02, momentum: 0.9}
+    num_steps: 12
+    callbacks:
+      - {type: RankProbe}
+      - {type: FuseBN, modules: [[stem]], step_or_epoch: [6]}
+      - {type: Validation}
+      - {type: Checkpoint, name_prefix: qat_bn-}
 """
 
 
@@ -92,7 +105,7 @@ def runs(hat_cli, env, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         work = tmp_path_factory.mktemp(name)
         start = out["one"] / "float-checkpoint-last.pth.tar" if out else None
         spec = spec_file(work, batch, start)
-        for stage in ("float", "qat"):
+        for stage in ("float", "qat", "qat_bn") if nproc == "2" else ("float", "qat"):
             result = hat_cli(
                 "train",
                 spec,
@@ -135,18 +148,29 @@ def test_two_processes_train_like_one_with_twice_the_batch_qat(runs) -> None:
     assert close / total >= 0.99
 
 
-def test_observer_scales_are_identical_on_both_ranks(runs) -> None:
-    rank0 = torch.load(runs["two"] / "observers-rank0.pt", weights_only=True)
-    rank1 = torch.load(runs["two"] / "observers-rank1.pt", weights_only=True)
-    assert rank0 and rank0.keys() == rank1.keys()
+@pytest.mark.parametrize("stage", ["qat", "qat_bn"])
+def test_observer_scales_and_bn_statistics_are_identical_on_both_ranks(runs, stage: str) -> None:
+    rank0 = torch.load(runs["two"] / f"buffers-{stage}-rank0.pt", weights_only=True)
+    rank1 = torch.load(runs["two"] / f"buffers-{stage}-rank1.pt", weights_only=True)
+    assert any("activation_post_process" in k for k in rank0) and rank0.keys() == rank1.keys()
     for name, tensor in rank0.items():
         assert torch.equal(tensor, rank1[name]), name
+    if stage == "qat_bn":  # SyncBatchNorm kept the qconfig of QAT BN; FuseBN fired under DDP
+        assert "down.bn.running_mean" in rank0 and "stem.bn.running_mean" not in rank0
+
+        def accuracy(stage: str) -> float:
+            summary = json.loads((runs["two"] / stage / "summary.json").read_text())
+            return summary["metrics"]["accuracy"]
+
+        assert accuracy("qat_bn") > accuracy("float")  # it trained on from the float weights
 
 
 def test_metrics_are_reduced_and_every_file_is_written_once(runs) -> None:
     def files(work: Path) -> list[str]:
         return sorted(
-            str(p.relative_to(work)) for p in work.rglob("*") if "observers" not in p.name
+            str(p.relative_to(work))
+            for p in work.rglob("*")
+            if "buffers-" not in p.name and "qat_bn" not in str(p)
         )
 
     assert files(runs["two"]) == files(runs["one"])
