@@ -83,6 +83,9 @@ def config(launch: Launch) -> LaunchConfig:
 def run_workers(launch: Launch, entrypoint: Any, *args: Any) -> int:
     """Run ``entrypoint(*args)`` in every worker; the exit code of the first failure, or 0."""
     cfg = config(launch)
+    # Workers share this machine's cores; without a limit each would start one thread
+    # per core and they would slow each other down (torchrun sets 1 for the same reason).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.nproc)))
     # The launcher logs each failure with a traceback; hat reports the first one itself.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
