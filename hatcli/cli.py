@@ -236,6 +236,36 @@ def resume(
     _launch_or_run(launch, "resume", {**kwargs, "quiet": quiet, "verbose": verbose})
 
 
+@app.command()
+def export(
+    spec: SpecArg,
+    stage: Annotated[str, typer.Option("--stage", "-s", help="The stage whose model to export.")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="onnx | torchscript", show_default=False)
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Default: {work_dir}/{stage}.onnx or -exported.pt."),
+    ] = None,
+    work_dir: WorkDirOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Export a trained stage's model (ONNX, QDQ int8 when quantized; or TorchScript) and
+    check the file against the model on the stage's 'val' data."""
+    from hatcli.engine.export import FORMATS, export_stage
+    from hatcli.spec.spec import load_spec
+
+    if fmt not in FORMATS:
+        _fail([f"error: --format: {fmt!r} is not one of: {', '.join(FORMATS)}"], 2)
+    loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
+    if stage not in loaded.stage_names:
+        known = ", ".join(loaded.stage_names)
+        _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
+    result = _guard(lambda: export_stage(loaded, stage, fmt, output), verbose)
+    for line in result.lines():
+        err.print(line, markup=False)
+
+
 @app.command("plugins")
 def list_plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,

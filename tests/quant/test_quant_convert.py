@@ -207,3 +207,19 @@ def test_qat_and_integer_state_dicts_round_trip() -> None:
         before = j(x)
         j.load_state_dict(i.state_dict())
         assert torch.equal(j(x), i(x)) and torch.equal(before, i(x))
+
+
+@pytest.mark.parametrize(("stride", "dilation"), [(1, 1), (2, 1), (1, 2)])
+def test_depthwise_fast_path_equals_the_general_im2col_path(stride: int, dilation: int) -> None:
+    from hatcli.quant.nn.quantized.int_matmul import (
+        conv_weight_mats,
+        int8_conv2d,
+        int8_depthwise_conv2d,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(-128, 128, (3, 12, 9, 11), dtype=torch.int8, generator=generator)
+    w = torch.randint(-128, 128, (12, 1, 3, 3), dtype=torch.int8, generator=generator)
+    geometry = ((stride, stride), (1, 1), (dilation, dilation))
+    general = int8_conv2d(x, conv_weight_mats(w, 12), (3, 3), *geometry)
+    assert torch.equal(int8_depthwise_conv2d(x, w, *geometry), general)

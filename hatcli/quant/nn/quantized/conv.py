@@ -18,7 +18,11 @@ from torch import nn
 from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.quantized.base import IntegerModule, clamp_bounds
-from hatcli.quant.nn.quantized.int_matmul import conv_weight_mats, int8_conv2d
+from hatcli.quant.nn.quantized.int_matmul import (
+    conv_weight_mats,
+    int8_conv2d,
+    int8_depthwise_conv2d,
+)
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
 from hatcli.quant.qat_mode import QATMode
 from hatcli.quant.qtensor import QTensor
@@ -135,6 +139,9 @@ class Conv2d(IntegerModule):
         """int32 accumulator, channels-last [N, OH, OW, O], and the input scale."""
         xi, s_in = self._int8_input(x)
         w = self.weight
+        if self.groups > 1 and w.shape[1] == 1 and w.shape[0] == self.groups:
+            acc = int8_depthwise_conv2d(xi, w, self.stride, self.padding, self.dilation)
+            return acc, s_in
         mats = conv_weight_mats(w, self.groups)
         kernel = (w.shape[2], w.shape[3])
         acc = int8_conv2d(xi, mats, kernel, self.stride, self.padding, self.dilation)

@@ -76,3 +76,35 @@ def int8_conv2d(
         outs.append(int8_matmul(c, w))
     acc = outs[0] if groups == 1 else torch.cat(outs, dim=1)
     return acc.view(n, oh, ow, -1)
+
+
+def int8_depthwise_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """Exact depthwise conv (one filter per channel): ``x`` int8 [N, C, H, W], ``weight``
+    int8 [C, 1, kh, kw]; int32 accumulator channels-last [N, OH, OW, C].
+
+    One matrix product per channel would be tiny and slow; instead each kernel tap adds
+    a shifted int32 slice times its per-channel weight (|sum| <= kh*kw*128*128 fits int32).
+    """
+    (sh, sw), (dh, dw) = stride, dilation
+    kh, kw = weight.shape[2], weight.shape[3]
+    x = x.permute(0, 2, 3, 1)
+    if padding != (0, 0):
+        x = F.pad(x, (0, 0, padding[1], padding[1], padding[0], padding[0]))
+    x = x.to(torch.int32)
+    h, w = x.shape[1], x.shape[2]
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    taps = weight[:, 0].permute(1, 2, 0).to(torch.int32)  # [kh, kw, C]
+    acc = torch.zeros(x.shape[0], oh, ow, x.shape[3], dtype=torch.int32, device=x.device)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            acc.add_(x[:, rows, cols] * taps[i, j])
+    return acc
