@@ -7,6 +7,7 @@ from hatcli.nn.conv_bn import (
     ConvBNReLU2d,
     ConvBNReLU62d,
 )
+from hatcli.nn.fuse import fuse_children
 from hatcli.nn.linear import LinearReLU
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "ConvBNReLU2d",
     "ConvBNReLU62d",
     "LinearReLU",
+    "fuse_children",
 ]

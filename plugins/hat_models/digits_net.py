@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hatcli.nn import ConvBNAddReLU2d, ConvBNReLU2d
+from hatcli.nn import ConvBNAddReLU2d, ConvBNReLU2d, fuse_children
 from hatcli.quant import DeQuantStub, QuantStub, qconfig_manager
 
 
@@ -33,9 +33,7 @@ class DigitsNet(nn.Module):
 
     def fuse_model(self) -> None:
         """Fuse every child that can (conv-BN blocks fold BN under qat_mode fuse_bn)."""
-        for child in self.children():
-            if hasattr(child, "fuse_model"):
-                child.fuse_model()
+        fuse_children(self)
 
     def set_qconfig(self) -> None:
         """int8 everywhere; the classifier keeps an unquantized (int32) output."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hat_models.resnet import fuse_children
-from hatcli.nn import ConvBN2d, ConvBNAdd2d, ConvBNReLU62d
+from hatcli.nn import ConvBN2d, ConvBNAdd2d, ConvBNReLU62d, fuse_children
 from hatcli.quant import DeQuantStub, QuantStub, qconfig_manager
 
 # (expansion t, output channels c, repeats n, first stride s); the ImageNet settings with

@@ -5,18 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hatcli.nn import ConvBN2d, ConvBNAddReLU2d, ConvBNReLU2d
+from hatcli.nn import ConvBN2d, ConvBNAddReLU2d, ConvBNReLU2d, fuse_children
 from hatcli.quant import DeQuantStub, QuantStub, qconfig_manager
-
-
-def fuse_children(module: nn.Module) -> None:
-    """Call ``fuse_model()`` on every descendant that has one, walking into containers
-    (``nn.Sequential``, ...) that have none; a module that has one fuses its own parts."""
-    for child in module.children():
-        if hasattr(child, "fuse_model"):
-            child.fuse_model()
-        else:
-            fuse_children(child)
 
 
 class BasicBlock(nn.Module):
