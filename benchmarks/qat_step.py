@@ -4,8 +4,8 @@
 
 Each variant is timed in interleaved rounds (one step of each, round after round) so
 machine noise hits all alike; the table shows medians and ratios to float and to
-torch.ao. Peak memory is measured in a child process per variant as the growth of the
-maximum resident set over the model's own footprint.
+torch.ao. Peak memory is measured in a child process per variant as the rise of the resident
+set's peak over the built model's footprint during two training steps (Linux).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,15 +54,34 @@ def step_fn(model: nn.Module, batch: int, shape: tuple[int, ...]) -> Any:
     return step
 
 
-def peak_memory_mb(model_name: str, name: str, batch: int, params: dict[str, Any]) -> float:
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def measure_peak_mb(model_name: str, name: str, batch: int) -> float:
+    """In this process: how far resident memory rises above the built model while training.
+
+    Linux only: writing 5 to /proc/self/clear_refs resets the peak (VmHWM) to now.
+    """
+    model = variant(model_name, name, {})
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kb("VmRSS")
+    step = step_fn(model, batch, INPUT_SHAPES[model_name])
+    step()
+    step()
+    return (_status_kb("VmHWM") - base) / 1024
+
+
+def peak_memory_mb(model_name: str, name: str, batch: int) -> float:
+    """``measure_peak_mb`` in a fresh child process, so variants do not share a heap."""
     code = (
-        "import resource, sys, torch; sys.path.insert(0, '.');"
-        "from benchmarks.qat_step import variant, step_fn;"
-        "from benchmarks.common import INPUT_SHAPES;"
-        f"m = variant({model_name!r}, {name!r}, {params!r});"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        f"s = step_fn(m, {batch}, INPUT_SHAPES[{model_name!r}]); s(); s();"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+        "import sys; sys.path.insert(0, '.');"
+        "from benchmarks.qat_step import measure_peak_mb;"
+        f"print(measure_peak_mb({model_name!r}, {name!r}, {batch}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -96,7 +116,7 @@ def main() -> None:
                     "x_torch.ao": round(median[n] / median["torch.ao"], 2),
                 }
                 if not args.no_memory:
-                    row["peak_mb"] = round(peak_memory_mb(model_name, n, batch, {}), 1)
+                    row["peak_mb"] = round(peak_memory_mb(model_name, n, batch), 1)
                 rows.append(row)
             print(table(rows[-len(names) :], list(rows[-1])), flush=True)
             print()
