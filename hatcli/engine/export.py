@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from hatcli.engine.build import build_component
 from hatcli.engine.checkpoint_io import atomic_write_bytes, load_checkpoint
 from hatcli.engine.load_weights import load_weights
+from hatcli.engine.resume import checkpoint_callbacks
 from hatcli.engine.stage import build_data_loader, build_model, seed_everything
 from hatcli.errors import InputError, RunError
 from hatcli.quant import convert
@@ -118,12 +118,7 @@ def require_onnx() -> tuple[Any, Any]:
 def stage_checkpoint(spec: Spec, stage: StageSpec) -> Path | None:
     """The checkpoint the stage's ``Checkpoint`` callback writes (``best``, else ``last``
     if ``best`` is not written or not there yet); ``None`` without such a callback."""
-    for index, node in enumerate(stage.get("callbacks") or []):
-        name = node if isinstance(node, str) else node.get("type")
-        if name != "Checkpoint":
-            continue
-        cb = build_component("callbacks", node, stage.where("callbacks", index), spec.positions)
-        folder = Path(cb.save_dir) if cb.save_dir else spec.work_dir
+    for cb, folder in checkpoint_callbacks(spec, stage.name):
         paths = [
             folder / f"{cb.name_prefix}checkpoint-{which}.pth.tar"
             for which, wanted in (("best", cb.save_best), ("last", cb.save_last))

@@ -31,18 +31,23 @@ class ResumePoint:
         )
 
 
-def candidates(spec: Spec, stage_name: str) -> list[Path]:
-    """The stage's checkpoints, preferred first: last, interval ones (newest first), best."""
+def checkpoint_callbacks(spec: Spec, stage_name: str) -> list[tuple[Any, Path]]:
+    """The stage's ``Checkpoint`` callbacks, each with the folder it writes to."""
     stage = spec.stage(stage_name)
-    found: list[Path] = []
+    found = []
     for index, node in enumerate(stage.get("callbacks") or []):
         name = node if isinstance(node, str) else node.get("type")
-        if name != "Checkpoint":
-            continue
-        callback = build_component(
-            "callbacks", node, stage.where("callbacks", index), spec.positions
-        )
-        folder = callback.save_dir or spec.work_dir
+        if name == "Checkpoint":
+            where = stage.where("callbacks", index)
+            callback = build_component("callbacks", node, where, spec.positions)
+            found.append((callback, Path(callback.save_dir or spec.work_dir)))
+    return found
+
+
+def candidates(spec: Spec, stage_name: str) -> list[Path]:
+    """The stage's checkpoints, preferred first: last, interval ones (newest first), best."""
+    found: list[Path] = []
+    for callback, folder in checkpoint_callbacks(spec, stage_name):
         found.append(folder / f"{callback.name_prefix}checkpoint-last.pth.tar")
         if folder.is_dir():
             found += callback.interval_files(folder)
