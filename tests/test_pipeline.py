@@ -169,8 +169,26 @@ def test_save_traced_works_for_the_float_stage(hat_cli, pipeline: Path, tmp_path
             """,
             "no sub-module 'stme'; did you mean 'stem'?",
         ),
+        (
+            """\
+            fuse_no_bn:
+              model_convert_pipeline:
+                qat_mode: with_bn
+                converters: [{type: Float2QAT}]
+              optimizer: {type: SGD, lr: 0.1}
+              num_epochs: 1
+              callbacks: [{type: FuseBN, modules: [[pool]], step_or_epoch: [1]}]
+            """,
+            "'pool' (AdaptiveAvgPool2d) holds no BN to absorb",
+        ),
     ],
-    ids=["checkpoint-before-its-shape", "integer-training", "fusebn-under-fuse_bn", "fusebn-name"],
+    ids=[
+        "checkpoint-before-its-shape",
+        "integer-training",
+        "fusebn-under-fuse_bn",
+        "fusebn-name",
+        "fusebn-no-bn",
+    ],
 )
 def test_pipeline_mistakes_are_one_line_input_errors(
     hat_cli, pipeline: Path, tmp_path: Path, stage_text: str, fragment: str

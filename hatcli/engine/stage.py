@@ -207,6 +207,7 @@ def build_context(
         log_interval=int(stage.get("log_interval", 10)),
         rank=distributed.rank(),
         world_size=distributed.world_size(),
+        absorbed_bn=list(convert.absorbed_bn),
     )
     if stage.get("optimizer") is not None:
         ctx.optimizer = build_component(
@@ -229,7 +230,6 @@ def build_context(
             except InputError as exc:
                 index = callbacks.index(callback) if callback in callbacks else 0
                 raise located(spec.positions, stage.where("callbacks", index), str(exc)) from None
-    ctx.absorbed_bn = list(convert.absorbed_bn)
     if convert.loaded_checkpoint is not None:
         full = resume is not None
         restore_training_state(

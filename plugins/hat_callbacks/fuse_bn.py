@@ -51,6 +51,14 @@ class FuseBN(Callback):
                     close = difflib.get_close_matches(name, names, n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     raise InputError(f"FuseBN: the model has no sub-module {name!r}{hint}")
+                if name in self.absorbed or name in ctx.absorbed_bn:
+                    continue  # absorbed before a resume: its BN is gone by design
+                module = ctx.model.get_submodule(name)
+                if not any(getattr(m, "has_bn", False) for m in module.modules()):
+                    raise InputError(
+                        f"FuseBN: {name!r} ({type(module).__name__}) holds no BN to absorb "
+                        "(is the model converted by Float2QAT before this stage trains?)"
+                    )
 
     def on_step_begin(self, ctx: LoopContext) -> None:
         if self.update_by == "step":
