@@ -352,3 +352,35 @@ def test_integer_checkpoint_loads_into_an_integer_pipeline(
     result = hat_cli("train", spec, "--stage", "reload_int", "--work-dir", pipeline, "-q")
     assert result.returncode == 0, result.stderr
     assert summary(pipeline, "reload_int")["metrics"] == summary(pipeline, "int_infer")["metrics"]
+
+
+def test_each_integer_layer_agrees_with_its_qat_layer_on_the_example(pipeline: Path) -> None:
+    """The seed's promise, op by op: on the whole validation set every quantized layer's
+    integer output is within one step of its QAT output and almost always identical; the
+    predicted classes are identical. (A one-step difference upstream can move the int32
+    classifier output by |w| accumulator steps, so the end-to-end bound is per layer.)"""
+    spec = hatcli.load_spec(EXAMPLE, work_dir=pipeline)
+    qat = hatcli.build_model(spec, "qat")
+    best = torch.load(pipeline / "qat-checkpoint-best.pth.tar", weights_only=True)
+    qat.load_state_dict(best["state_dict"])
+    integer = hatcli.build_model(spec, "int_infer").eval()
+    qat.eval()
+    layers = ["quant", "stem", "block_conv1", "block_conv2", "down", "pool"]
+    seen: dict[str, dict[str, torch.Tensor]] = {"qat": {}, "int": {}}
+    for name in layers:
+        for key, model in (("qat", qat), ("int", integer)):
+            getattr(model, name).register_forward_hook(
+                lambda m, a, out, key=key, name=name: seen[key].__setitem__(name, out)
+            )
+    inputs = torch.cat([x for x, _ in hatcli.build_data_loader(spec, "val")])
+    with torch.no_grad():
+        qat_out, int_out = qat(inputs), integer(inputs)
+    for name in layers:
+        steps = seen["int"][name].int_repr().float()
+        qat_steps = torch.round(
+            seen["qat"][name].as_subclass(torch.Tensor) / seen["int"][name].q_scale
+        )
+        diff = (qat_steps - steps).abs()
+        assert diff.max() <= 1, name
+        assert (diff == 0).float().mean() >= 0.999, name
+    assert torch.equal(qat_out.argmax(1), int_out.argmax(1))
