@@ -53,12 +53,16 @@ def requantize(
     qmin: int = -128,
     qmax: int = 127,
     force_int64: bool = False,
+    x_bounds: list[int] | None = None,
 ) -> torch.Tensor:
     """``clamp(round(sum(x_i * m_i) / 2**shift), qmin, qmax)`` as int8.
 
     ``terms`` pairs integer tensors with int64 multipliers broadcastable to them.
+    ``x_bounds``, when the caller knows them (e.g. from the weights), bound ``|x_i|`` and
+    save a pass over each tensor to measure it; they only choose the path, never the result.
     """
-    bound = sum(_abs_max(x) * _abs_max(m) for x, m in terms)
+    x_max = x_bounds if x_bounds is not None else [_abs_max(x) for x, _ in terms]
+    bound = sum(xb * _abs_max(m) for xb, (_, m) in zip(x_max, terms, strict=True))
     if bound < 2**52 and not force_int64:
         # 1 / 2**shift: the reciprocal of a power of two is exact.
         scale = 1.0 / torch.bitwise_left_shift(torch.ones_like(shift), shift).to(torch.float64)
