@@ -18,7 +18,7 @@ from rich.table import Table
 from hatcli import plugins
 from hatcli.engine.interrupt import Interrupted
 from hatcli.engine.launch import Launch, run_workers
-from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError
+from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError, one_line
 
 app = typer.Typer(
     name="hat",
@@ -49,14 +49,6 @@ def _fail(lines: list[str], code: int) -> None:
     raise typer.Exit(code)
 
 
-def _one_line(exc: BaseException) -> str:
-    """The message alone, also when a DataLoader worker wrapped it with its traceback."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    if len(lines) > 1 and "Original Traceback" in lines[1]:
-        return lines[-1].split(": ", 1)[-1]  # "hatcli.errors.DataError: the message"
-    return lines[0] if lines else type(exc).__name__
-
-
 def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
     """Run ``action``; turn hat's errors into one-line messages and exit codes."""
     try:
@@ -64,7 +56,7 @@ def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
     except SpecError as exc:
         _fail([str(p) for p in exc.problems], 2)
     except (InputError, PluginError) as exc:
-        _fail([f"error: {_one_line(exc)}"], 2)
+        _fail([f"error: {one_line(exc)}"], 2)
     except Interrupted as exc:
         _fail([f"interrupted: {exc}"], exc.exit_code)
     except RunError as exc:
@@ -79,7 +71,7 @@ def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
         if verbose:
             traceback.print_exc()
         hint = "" if verbose else " (--verbose for the traceback)"
-        _fail([f"run failed: {type(exc).__name__}: {_one_line(exc)}{hint}"], 1)
+        _fail([f"run failed: {type(exc).__name__}: {one_line(exc)}{hint}"], 1)
 
 
 @app.command()

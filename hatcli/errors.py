@@ -50,3 +50,12 @@ class PluginError(HatError):
 
 class RunError(HatError):
     """A run failed for a reason that is not the input's fault: exit code 1."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message as one line, also when a DataLoader worker wrapped it with
+    its traceback ("Caught X in DataLoader worker ... Original Traceback ...")."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in lines[1]:
+        return lines[-1].split(": ", 1)[-1]  # "hatcli.errors.DataError: the message"
+    return lines[0] if lines else type(exc).__name__

@@ -27,10 +27,10 @@ from torch import nn
 
 from hatcli.engine.checkpoint_io import atomic_write_bytes, load_checkpoint
 from hatcli.engine.load_weights import load_weights
-from hatcli.engine.onnx_qdq import OPSET, QDQBuilder, first_line
+from hatcli.engine.onnx_qdq import OPSET, QDQBuilder
 from hatcli.engine.resume import checkpoint_callbacks
 from hatcli.engine.stage import build_data_loader, build_model, seed_everything
-from hatcli.errors import InputError, RunError
+from hatcli.errors import InputError, RunError, one_line
 from hatcli.quant import convert
 from hatcli.quant.fake_quantize import FakeQuantize
 from hatcli.quant.nn.quantized.base import IntegerModule
@@ -182,7 +182,7 @@ def _export_torchscript(
         try:
             traced = torch.jit.trace(model, example, check_trace=False)
         except Exception as exc:
-            raise InputError(f"torch.jit.trace failed: {first_line(exc)}") from None
+            raise InputError(f"torch.jit.trace failed: {one_line(exc)}") from None
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer)
     loaded = torch.jit.load(io.BytesIO(buffer.getvalue()))
@@ -215,18 +215,18 @@ def _export_onnx(
             try:
                 integer = convert(model)
             except Exception as exc:
-                raise InputError(f"the QAT model does not convert: {first_line(exc)}") from None
+                raise InputError(f"the QAT model does not convert: {one_line(exc)}") from None
         proto, scales = QDQBuilder(integer, onnx).build(example)
         out_scale = scales[0] if scales else None
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise RunError(f"onnx.checker rejects the exported graph: {first_line(exc)}") from None
+        raise RunError(f"onnx.checker rejects the exported graph: {one_line(exc)}") from None
     data = proto.SerializeToString()
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise RunError(f"onnxruntime cannot load the exported graph: {first_line(exc)}") from None
+        raise RunError(f"onnxruntime cannot load the exported graph: {one_line(exc)}") from None
     name = session.get_inputs()[0].name
     refs, ints, outs, targets = [], [], [], []
     for x, y in batches:
@@ -265,7 +265,7 @@ def _torch_onnx_export(model: nn.Module, example: torch.Tensor) -> Any:
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )
         except Exception as exc:
-            raise InputError(f"torch.onnx.export failed: {first_line(exc)}") from None
+            raise InputError(f"torch.onnx.export failed: {one_line(exc)}") from None
     return onnx.load_from_string(buffer.getvalue())
 
 

@@ -26,11 +26,6 @@ OPSET = 17
 _I32 = torch.iinfo(torch.int32)
 
 
-def first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 @dataclass
 class _Val:
     """A recorded activation: its ONNX name, and its int8 scale (``None``: float)."""
