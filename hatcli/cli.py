@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from hatcli import plugins
 from hatcli.engine.interrupt import Interrupted
-from hatcli.engine.launch import Launch, run_workers
+from hatcli.engine.launch import LAUNCHED_BY_HAT, Launch, run_workers
 from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError, one_line
 
 app = typer.Typer(
@@ -43,7 +44,12 @@ def _is_main_process() -> bool:
 
 
 def _fail(lines: list[str], code: int) -> None:
-    if _is_main_process():
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and lines:
+        # The launcher reads this file and reports the first failing worker's message.
+        record = {"message": lines[0], "timestamp": int(time.time())}
+        Path(error_file).write_text(json.dumps(record))
+    if _is_main_process() and not os.environ.get(LAUNCHED_BY_HAT):
         for line in lines:
             err.print(line, markup=False)
     raise typer.Exit(code)
@@ -101,6 +107,10 @@ def _launch_or_run(launch: Launch, command: str, kwargs: dict[str, Any]) -> None
     if launch.nproc == 1 and launch.nnodes == 1:
         _COMMANDS[command](**kwargs)
         return
+    from hatcli.spec.spec import load_spec
+
+    # Spec problems are reported here, all of them, before any worker starts.
+    _guard(lambda: load_spec(kwargs["spec"], work_dir=kwargs["work_dir"]))
     code = _guard(lambda: run_workers(launch, worker_main, command, kwargs))
     raise typer.Exit(code)
 

@@ -17,6 +17,8 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from hatcli.errors import InputError
 
+LAUNCHED_BY_HAT = "HAT_LAUNCHED"
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -83,6 +85,7 @@ def config(launch: Launch) -> LaunchConfig:
 def run_workers(launch: Launch, entrypoint: Any, *args: Any) -> int:
     """Run ``entrypoint(*args)`` in every worker; the exit code of the first failure, or 0."""
     cfg = config(launch)
+    os.environ[LAUNCHED_BY_HAT] = "1"  # workers leave error reporting to this process
     # Workers share this machine's cores; without a limit each would start one thread
     # per core and they would slow each other down (torchrun sets 1 for the same reason).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.nproc)))
@@ -93,9 +96,11 @@ def run_workers(launch: Launch, entrypoint: Any, *args: Any) -> int:
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
-        if rank != 0:
+        if failure.exitcode > 0 and failure.error_file_data.get("message"):
+            print(failure.message, file=sys.stderr)  # the worker's own one-line message
+        else:
             print(
-                f"error: worker rank {rank} failed first (exit code {failure.exitcode}); "
+                f"error: worker rank {rank} failed first ({failure.message}); "
                 "the other workers were stopped",
                 file=sys.stderr,
             )
