@@ -5,12 +5,14 @@ The models are small (ResNet18(width=8), MobileNetV2(width_mult=0.25)) and first
 for a few float steps on a synthetic 10-class task, so their logits have the range of a
 trained classifier (the output scale is measured as in tests/quant: ``max|y| / 127.5``).
 
-QAT eval computes in float32, the integer model exactly; fed identical inputs, a layer of
-each differs only where a value lies within float32 rounding of a rounding boundary (one
-step, in ~1e-5 of the elements), which each layer is checked for on its own. End to end,
-such a step is scaled by the weights that follow and spreads with depth: ResNet18's
-outputs stay within one output scale (>= 99.9%), MobileNetV2's large folded depthwise
-weights spread it to about 0.2% of its outputs (>= 99% is asserted); none reach two.
+QAT eval computes with each layer's integer twin, so it equals the integer model bit for
+bit. The float simulation QAT trains with (``float_simulation()``) computes in float32:
+fed identical inputs, a layer differs from its integer version only where a value lies
+within float32 rounding of a rounding boundary (one step, in ~1e-5 of the elements),
+which each layer is checked for on its own. End to end, such a step is scaled by the
+weights that follow and spreads with depth: ResNet18's outputs stay within one output
+scale (>= 99.9%), MobileNetV2's large folded depthwise weights spread it to about 0.2% of
+its outputs (>= 99% is asserted); none reach two.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from hatcli.quant import (
     QATTensor,
     QTensor,
     convert,
+    float_simulation,
     get_qat_mode,
     prepare_qat,
     set_qat_mode,
@@ -190,7 +193,7 @@ def _layer_steps(q: nn.Module, i: nn.Module, x: torch.Tensor) -> dict[str, torch
         qargs = [
             QATTensor.wrap(a.dequantize(), a.q_scale) if isinstance(a, QTensor) else a for a in args
         ]
-        with torch.no_grad():
+        with torch.no_grad(), float_simulation():
             ref = qat_modules[name](*qargs).as_subclass(torch.Tensor)
         scale = out.q_scale if out.q_axis is None else ref.abs().max() / 127.5
         steps[name] = (ref - out.dequantize()).abs() / scale
@@ -206,7 +209,8 @@ def test_integer_model_matches_qat_eval(arch: str, mode: str) -> None:
     assert (len(dw) > 0) == (arch == "MobileNetV2")
     x, y = _Task(3).batch(64)
 
-    # Layer by layer, on identical inputs: exact but for float32 rounding ties.
+    # The float simulation, layer by layer on identical inputs: exact but for float32
+    # rounding ties.
     steps = _layer_steps(q, i, x[:4])
     assert len(steps) > 20
     for name, step in steps.items():
@@ -215,7 +219,9 @@ def test_integer_model_matches_qat_eval(arch: str, mode: str) -> None:
 
     # End to end, in the scale an int8 output would have (as tests/quant measures it).
     with torch.no_grad():
-        yq, yi = q(x), i(x)
+        assert torch.equal(q(x), i(x))  # eval runs the integer twins
+        with float_simulation():
+            yq, yi = q(x), i(x)
     step = (yq - yi).abs() / (yq.abs().max() / 127.5)
     within_one = (step <= 1.0 + 1e-3).float().mean()
     assert step.max() <= 2.0 + 1e-3

@@ -9,6 +9,7 @@ from hatcli.quant import qconfig_manager
 from hatcli.quant.absorb_bn import absorb_bn, update_optimizer_params
 from hatcli.quant.fake_quantize import FakeQuantize
 from hatcli.quant.functional import QFunctional
+from hatcli.quant.nn.qat.integer_eval import float_simulation
 from hatcli.quant.observer import MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 from hatcli.quant.qat_mode import QATMode, get_qat_mode, set_qat_mode
 from hatcli.quant.qat_tensor import QATTensor
@@ -40,6 +41,7 @@ __all__ = [
     "QuantizationError",
     "absorb_bn",
     "convert",
+    "float_simulation",
     "get_default_qat_out_qconfig",
     "get_default_qat_qconfig",
     "get_qat_mode",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hatcli.quant.nn.qat._activation_out import output_fake_quant
+from hatcli.quant.nn.qat.integer_eval import IntegerEval
 from hatcli.quant.qconfig import QConfig
 
 
@@ -29,7 +30,7 @@ class ReLU(nn.Module):
         return F.relu(x)
 
 
-class ReLU6(nn.Module):
+class ReLU6(IntegerEval):
     """``FQ(relu6(x))``."""
 
     def __init__(self, qconfig: QConfig) -> None:
@@ -42,4 +43,4 @@ class ReLU6(nn.Module):
         return cls(qconfig if qconfig is not None else mod.qconfig)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation_post_process(F.relu6(x))
+        return self.exact_eval(lambda: self.activation_post_process(F.relu6(x)), [x])

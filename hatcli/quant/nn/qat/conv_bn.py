@@ -20,6 +20,7 @@ from torch import nn
 import hatcli.nn as float_nn
 from hatcli.quant.fake_quantize import fake_quantize_bias
 from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias, fold_bn_into_conv_
+from hatcli.quant.nn.qat.integer_eval import IntegerEval
 from hatcli.quant.qat_mode import QATMode, get_qat_mode
 from hatcli.quant.qat_tensor import input_scale, plain
 from hatcli.quant.qconfig import QConfig
@@ -34,7 +35,7 @@ def _qconfig_of(mod: nn.Module, qconfig: QConfig | None) -> QConfig:
     return qconfig
 
 
-class Conv2d(nn.Module):
+class Conv2d(IntegerEval):
     """QAT ``nn.Conv2d``: the base of the conv-BN blocks, with BN and activation absent."""
 
     _FLOAT: ClassVar[type[nn.Module]] = nn.Conv2d
@@ -120,7 +121,7 @@ class Conv2d(nn.Module):
         return app(y) if app is not None else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._post(self._conv_bn(x))
+        return self.exact_eval(lambda: self._post(self._conv_bn(x)), [x])
 
     @torch.no_grad()
     def fuse_norm(self) -> dict[nn.Parameter, nn.Parameter | None]:
@@ -177,7 +178,7 @@ class ConvBNAdd2d(Conv2d):
     has_residual = True
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self._post(self._conv_bn(x) + residual)
+        return self.exact_eval(lambda: self._post(self._conv_bn(x) + residual), [x, residual])
 
 
 class ConvBNAddReLU2d(ConvBNAdd2d):

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from hatcli.quant.nn.qat._activation_out import output_fake_quant
+from hatcli.quant.nn.qat.integer_eval import IntegerEval
 from hatcli.quant.qconfig import QConfig
 
 
-class QFunctional(nn.Module):
+class QFunctional(IntegerEval):
     """One call site's elementwise op with its own output scale."""
 
     def __init__(self, qconfig: QConfig) -> None:
@@ -27,10 +28,15 @@ class QFunctional(nn.Module):
         raise RuntimeError("QFunctional is not called directly: use .add, .cat or .mul")
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.activation_post_process(torch.add(a, b))
+        app = self.activation_post_process
+        return self.exact_eval(lambda: app(torch.add(a, b)), [a, b], lambda t, *q: t.add(*q))
 
     def cat(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
-        return self.activation_post_process(torch.cat(list(tensors), dim=dim))
+        app, xs = self.activation_post_process, list(tensors)
+        return self.exact_eval(
+            lambda: app(torch.cat(xs, dim=dim)), xs, lambda t, *q: t.cat(q, dim=dim)
+        )
 
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.activation_post_process(torch.mul(a, b))
+        app = self.activation_post_process
+        return self.exact_eval(lambda: app(torch.mul(a, b)), [a, b], lambda t, *q: t.mul(*q))

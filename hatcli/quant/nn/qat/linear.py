@@ -11,11 +11,12 @@ from torch import nn
 import hatcli.nn as float_nn
 from hatcli.quant.fake_quantize import fake_quantize_bias
 from hatcli.quant.nn.qat.conv_bn import _qconfig_of
+from hatcli.quant.nn.qat.integer_eval import IntegerEval
 from hatcli.quant.qat_tensor import input_scale, plain
 from hatcli.quant.qconfig import QConfig
 
 
-class Linear(nn.Module):
+class Linear(IntegerEval):
     """QAT ``nn.Linear``; with ``act`` set, the fused linear + activation."""
 
     _FLOAT: ClassVar[type[nn.Module]] = nn.Linear
@@ -42,6 +43,9 @@ class Linear(nn.Module):
         return cls(mod.linear, qconfig, act=mod.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.exact_eval(lambda: self._simulate(x), [x])
+
+    def _simulate(self, x: torch.Tensor) -> torch.Tensor:
         lin, fq = self.linear, self.weight_fake_quant
         s_in = input_scale(x)
         w = fq(lin.weight)

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hatcli.quant.nn.qat._activation_out import output_fake_quant
+from hatcli.quant.nn.qat.integer_eval import IntegerEval
 from hatcli.quant.qconfig import QConfig
 
 
-class AdaptiveAvgPool2d(nn.Module):
+class AdaptiveAvgPool2d(IntegerEval):
     """``FQ(adaptive_avg_pool2d(x))``."""
 
     def __init__(self, output_size: int | tuple[int, int], qconfig: QConfig) -> None:
@@ -27,4 +28,5 @@ class AdaptiveAvgPool2d(nn.Module):
         return cls(mod.output_size, qconfig)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation_post_process(F.adaptive_avg_pool2d(x, self.output_size))
+        app = self.activation_post_process
+        return self.exact_eval(lambda: app(F.adaptive_avg_pool2d(x, self.output_size)), [x])
