@@ -21,7 +21,11 @@ from hatcli.quant import (
 )
 from hatcli.quant.nn import qat, quantized
 from hatcli.quant.nn.quantized.int_matmul import conv_weight_mats, int8_conv2d, int8_matmul
-from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
+from hatcli.quant.nn.quantized.requantize import (
+    FLOAT64_EXACT,
+    quantize_multiplier,
+    requantize,
+)
 
 MODES = ["fuse_bn", "with_bn", "with_bn_reverse_fold"]
 LAYERS = ["quant", "stem", "block_conv1", "block_conv2", "down", "pool"]
@@ -211,6 +215,25 @@ def test_requantize_rounds_half_to_even_on_both_paths() -> None:
     expect = torch.round(ties / 2).to(torch.int8)
     assert torch.equal(requantize([(ties, one)], s1), expect)
     assert torch.equal(requantize([(ties, one)], s1, force_int64=True), expect)
+
+
+def test_bounded_multipliers_keep_requantization_exact_in_float64() -> None:
+    """Given bounds on the integers, the multipliers lose only the bits that would make
+    float64 inexact; the float64 result then equals the int64 one at those bounds."""
+    g = torch.Generator().manual_seed(1)
+    bounds = torch.tensor([2**31, 2**28, 2**24, 2**20, 2**16, 2**12, 2**8, 128])
+    # Accumulators up to the bound map onto the whole int8 range, as in a real layer.
+    factors = (torch.rand(8, dtype=torch.float64, generator=g) * 0.5 + 0.5) * 127 / bounds
+    (m,), shift = quantize_multiplier(factors, x_bounds=[bounds])
+    assert (bounds.double() * m.abs().double() < FLOAT64_EXACT).all()
+    assert (m.abs() >= 2**20).all() and (m.abs() >= 2**30)[-2:].all()  # full bits if room
+    assert ((m / 2.0 ** shift.double()) / factors - 1).abs().max() < 2**-19
+    acc = torch.cat([bounds.unsqueeze(0), -bounds.unsqueeze(0)])
+    acc = torch.cat([acc, (torch.rand(64, 8, generator=g) * 2 - 1) * bounds]).to(torch.int64)
+    bound = int((bounds.double() * m.abs().double()).max())
+    fast = requantize([(acc, m)], shift, bound=bound)
+    assert torch.equal(fast, requantize([(acc, m)], shift, force_int64=True))
+    assert fast.unique().numel() > 150  # spread over the int8 range, not saturated
 
 
 def test_convert_keeps_float_parts_without_qconfig() -> None:

@@ -41,5 +41,5 @@ class ReLU6(IntegerModule):
     def forward(self, x: torch.Tensor) -> QTensor:
         xi, s_in = self._int8_input(x)
         factor = torch.as_tensor(s_in, dtype=torch.float64) / self.output_scale.double()
-        (m,), shift = quantize_multiplier(factor)
+        (m,), shift = quantize_multiplier(factor, x_bounds=[128])
         return QTensor(requantize([(xi, m)], shift, self.qmin, self.qmax), self.output_scale)

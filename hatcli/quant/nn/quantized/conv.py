@@ -38,7 +38,7 @@ class _Params:
     mults: list[torch.Tensor]  # int64
     shift: torch.Tensor | None  # int64
     out_scale: torch.Tensor | None  # float64 per channel, when there is no output quant
-    acc_bound: int = 2**62  # an upper bound on |accumulator + bias|
+    bound: int = 2**62  # an upper bound on |sum of the requantization products|
 
 
 def integer_weight(fq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,13 +129,19 @@ class Conv2d(IntegerModule):
             else:
                 s_out = self.output_scale.double()
                 factors = [acc_scale / s_out]
-                if s_res is not None:
-                    factors.append(torch.full_like(acc_scale, s_res) / s_out)
-                mults, shift = quantize_multiplier(*factors)
                 # |x| <= 128 for int8 inputs, so |acc| <= 128 * sum|w| per output channel.
                 per_channel = self.weight.to(torch.int64).abs().flatten(1).sum(dim=1)
-                acc_bound = int((128 * per_channel + bias.to(torch.int64).abs()).max())
-                p = _Params(bias, mults, shift, None, acc_bound)
+                acc_bounds = 128 * per_channel + bias.to(torch.int64).abs()
+                x_bounds: list[int | torch.Tensor] = [acc_bounds]
+                if s_res is not None:
+                    factors.append(torch.full_like(acc_scale, s_res) / s_out)
+                    x_bounds.append(128)  # an int8 residual
+                mults, shift = quantize_multiplier(*factors, x_bounds=x_bounds)
+                total = sum(
+                    torch.as_tensor(b, dtype=torch.float64) * m.abs().to(torch.float64)
+                    for b, m in zip(x_bounds, mults, strict=True)
+                )
+                p = _Params(bias, mults, shift, None, int(torch.as_tensor(total).max()))
             self._cache[key] = p
         return p
 
@@ -159,11 +165,9 @@ class Conv2d(IntegerModule):
             return QTensor(acc.permute(0, 3, 1, 2), p.out_scale, axis=1)
         assert p.shift is not None and self.output_scale is not None
         terms = [(acc, p.mults[0])]
-        bounds = [p.acc_bound]
         if res is not None:
             terms.append((res.permute(0, 2, 3, 1), p.mults[1]))
-            bounds.append(128)  # an int8 residual
-        q = requantize(terms, p.shift, self.qmin, self.qmax, x_bounds=bounds)
+        q = requantize(terms, p.shift, self.qmin, self.qmax, bound=p.bound)
         return QTensor(q.permute(0, 3, 1, 2), self.output_scale)
 
     def forward(self, x: torch.Tensor) -> QTensor:

@@ -29,10 +29,10 @@ class QFunctional(IntegerModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("QFunctional is not called directly: use .add, .cat or .mul")
 
-    def _requant(self, xs: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    def _requant(self, xs: list[tuple[torch.Tensor, float]], bound: int = 128) -> torch.Tensor:
         s_out = self.output_scale.double()
         factors = [torch.as_tensor(s, dtype=torch.float64) / s_out for _, s in xs]
-        mults, shift = quantize_multiplier(*factors)
+        mults, shift = quantize_multiplier(*factors, x_bounds=[bound] * len(xs))
         return requantize([(x, m) for (x, _), m in zip(xs, mults, strict=True)], shift)
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
@@ -46,4 +46,4 @@ class QFunctional(IntegerModule):
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
         (xa, sa), (xb, sb) = self._int8_input(a, "a"), self._int8_input(b, "b")
         prod = xa.to(torch.int32) * xb.to(torch.int32)
-        return QTensor(self._requant([(prod, sa * sb)]), self.output_scale)
+        return QTensor(self._requant([(prod, sa * sb)], 128 * 128), self.output_scale)

@@ -46,7 +46,7 @@ class Linear(Conv2d):
         if p.out_scale is not None:
             return QTensor(acc, p.out_scale, axis=acc.dim() - 1)
         assert p.shift is not None and self.output_scale is not None
-        q = requantize([(acc, p.mults[0])], p.shift, self.qmin, self.qmax)
+        q = requantize([(acc, p.mults[0])], p.shift, self.qmin, self.qmax, bound=p.bound)
         return QTensor(q, self.output_scale)
 
     def extra_repr(self) -> str:

@@ -36,5 +36,5 @@ class AdaptiveAvgPool2d(IntegerModule):
         blocks = xi.reshape(*xi.shape[:-2], oh, kh, ow, kw).to(torch.int32)
         sums = blocks.sum(dim=(-3, -1), dtype=torch.int32)
         factor = torch.as_tensor(s_in / (kh * kw), dtype=torch.float64) / self.output_scale.double()
-        (m,), shift = quantize_multiplier(factor)
+        (m,), shift = quantize_multiplier(factor, x_bounds=[128 * kh * kw])
         return QTensor(requantize([(sums, m)], shift), self.output_scale)

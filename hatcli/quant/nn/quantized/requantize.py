@@ -5,24 +5,37 @@ A real factor ``M`` is represented as ``m / 2**shift`` with ``|m| < 2**31`` (int
 even (as torch's fake-quantize kernels round in QAT, so exact ties agree too).
 
 How it is computed: CPUs have no vectorised int64 multiply (torch's is ~100x slower than
-an int64 add), so when every ``|x_i| * |m_i|`` sum stays below 2**53 (checked on each
-call) the products are formed in float64, where they are exact integers, and scaling by
-``2**-shift`` is exact too; ``torch.round`` then rounds half to even. Otherwise the same
-value is computed in int64 with shifts. Both give the same bits (tested).
+an int64 add), so when every ``|x_i| * |m_i|`` sum stays below 2**52 the products are
+formed in float64, where they are exact integers, and scaling by ``2**-shift`` is exact
+too; ``torch.round`` then rounds half to even. Otherwise the same value is computed in
+int64 with shifts. Both give the same bits (tested). Layers that know a bound on their
+integers (a conv: ``128 * sum|w|`` plus its bias) pass it to ``quantize_multiplier``,
+which gives the multiplier as many significant bits as keep that bound: at most 31, and
+for int32 accumulators never fewer than 20. Their requantization is then always the
+float64 one, which is also what the exported ONNX integer graph computes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 _M_BITS = 31
 _MAX_SHIFT = 62
+FLOAT64_EXACT = 2**52
+"""Sums of integer products below this are exact in float64 (with a bit to spare)."""
 
 
-def quantize_multiplier(*factors: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def quantize_multiplier(
+    *factors: torch.Tensor, x_bounds: Sequence[int | torch.Tensor] | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Integer multipliers sharing one shift (per element) for real factors of equal shape.
 
     Returns ``([m_1, ...], shift)``, int64 tensors; ``m_i / 2**shift ≈ factors[i]``.
+    ``x_bounds`` (one per factor, a number or a tensor broadcastable to the factors)
+    bound the integers each multiplier will scale; the shift is then lowered where
+    needed so that ``sum(x_bound_i * |m_i|) < FLOAT64_EXACT`` (see the module docstring).
     """
     fs = [f.to(torch.float64) for f in torch.broadcast_tensors(*factors)]
     biggest = torch.stack([f.abs() for f in fs]).amax(dim=0)
@@ -37,7 +50,22 @@ def quantize_multiplier(*factors: torch.Tensor) -> tuple[list[torch.Tensor], tor
         mults = [torch.round(torch.ldexp(f, shift)).to(torch.int64) for f in fs]
     if any(bool((m.abs() >= 2**_M_BITS).any()) for m in mults):
         raise ValueError("requantization factor too large for an int32 multiplier")
+    if x_bounds is None:
+        return mults, shift
+    bounds = [torch.as_tensor(b, dtype=torch.float64) for b in x_bounds]
+    for _ in range(_MAX_SHIFT):
+        total = sum(b * m.abs().to(torch.float64) for b, m in zip(bounds, mults, strict=True))
+        over = (torch.as_tensor(total) >= FLOAT64_EXACT) & (shift > 1)
+        if not bool(over.any()):
+            break
+        shift = shift - over.to(torch.int64)
+        mults = [torch.round(torch.ldexp(f, shift)).to(torch.int64) for f in fs]
     return mults, shift
+
+
+def bound_of(terms: list[tuple[torch.Tensor, torch.Tensor]], x_bounds: Sequence[int]) -> int:
+    """An upper bound of ``|sum(x_i * m_i)|`` given bounds of ``|x_i|``."""
+    return sum(xb * _abs_max(m) for xb, (_, m) in zip(x_bounds, terms, strict=True))
 
 
 def rounding_right_shift(v: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -53,17 +81,18 @@ def requantize(
     qmin: int = -128,
     qmax: int = 127,
     force_int64: bool = False,
-    x_bounds: list[int] | None = None,
+    bound: int | None = None,
 ) -> torch.Tensor:
     """``clamp(round(sum(x_i * m_i) / 2**shift), qmin, qmax)`` as int8.
 
     ``terms`` pairs integer tensors with int64 multipliers broadcastable to them.
-    ``x_bounds``, when the caller knows them (e.g. from the weights), bound ``|x_i|`` and
-    save a pass over each tensor to measure it; they only choose the path, never the result.
+    ``bound``, when the caller knows one (e.g. from the weights), bounds
+    ``|sum(x_i * m_i)|`` and saves a pass over each tensor to measure it; it only chooses
+    the path, never the result.
     """
-    x_max = x_bounds if x_bounds is not None else [_abs_max(x) for x, _ in terms]
-    bound = sum(xb * _abs_max(m) for xb, (_, m) in zip(x_max, terms, strict=True))
-    if bound < 2**52 and not force_int64:
+    if bound is None:
+        bound = bound_of(terms, [_abs_max(x) for x, _ in terms])
+    if bound < FLOAT64_EXACT and not force_int64:
         # 1 / 2**shift: the reciprocal of a power of two is exact.
         scale = 1.0 / torch.bitwise_left_shift(torch.ones_like(shift), shift).to(torch.float64)
         acc_f = None
