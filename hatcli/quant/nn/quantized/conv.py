@@ -160,14 +160,13 @@ class Conv2d(IntegerModule):
     def _finish(self, acc: torch.Tensor, p: _Params, res: torch.Tensor | None) -> QTensor:
         """Add the bias and requantize on the channels-last accumulator; the result is an
         NCHW view of channels-last memory (which the next conv reads without a copy)."""
-        acc = acc + p.bias
         if p.out_scale is not None:
-            return QTensor(acc.permute(0, 3, 1, 2), p.out_scale, axis=1)
+            return QTensor((acc + p.bias).permute(0, 3, 1, 2), p.out_scale, axis=1)
         assert p.shift is not None and self.output_scale is not None
         terms = [(acc, p.mults[0])]
         if res is not None:
             terms.append((res.permute(0, 2, 3, 1), p.mults[1]))
-        q = requantize(terms, p.shift, self.qmin, self.qmax, bound=p.bound)
+        q = requantize(terms, p.shift, self.qmin, self.qmax, bound=p.bound, offset=p.bias)
         return QTensor(q.permute(0, 3, 1, 2), self.output_scale)
 
     def forward(self, x: torch.Tensor) -> QTensor:

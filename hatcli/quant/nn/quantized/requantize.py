@@ -82,28 +82,41 @@ def requantize(
     qmax: int = 127,
     force_int64: bool = False,
     bound: int | None = None,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``clamp(round(sum(x_i * m_i) / 2**shift), qmin, qmax)`` as int8.
 
-    ``terms`` pairs integer tensors with int64 multipliers broadcastable to them.
+    ``terms`` pairs integer tensors with int64 multipliers broadcastable to them;
+    ``offset`` (integers, e.g. a bias) is added to the first term's integers.
     ``bound``, when the caller knows one (e.g. from the weights), bounds
-    ``|sum(x_i * m_i)|`` and saves a pass over each tensor to measure it; it only chooses
-    the path, never the result.
+    ``|sum(x_i * m_i)|`` (offset included) and saves a pass over each tensor to measure
+    it; it only chooses the path, never the result.
     """
     if bound is None:
-        bound = bound_of(terms, [_abs_max(x) for x, _ in terms])
+        firsts = [_abs_max(x) for x, _ in terms]
+        if offset is not None:
+            firsts[0] += _abs_max(offset)
+        bound = bound_of(terms, firsts)
     if bound < FLOAT64_EXACT and not force_int64:
-        # 1 / 2**shift: the reciprocal of a power of two is exact.
+        # 1 / 2**shift: the reciprocal of a power of two is exact, and so is every
+        # product and partial sum below: they are multiples of 2**-shift under 2**52.
         scale = 1.0 / torch.bitwise_left_shift(torch.ones_like(shift), shift).to(torch.float64)
-        acc_f = None
-        for x, m in terms:
-            t = x.to(torch.float64) * (m.to(torch.float64) * scale)
-            acc_f = t if acc_f is None else acc_f + t
-        assert acc_f is not None
-        return torch.round(acc_f).clamp_(qmin, qmax).to(torch.int8)
+        (x0, m0), rest = terms[0], terms[1:]
+        f0 = m0.to(torch.float64) * scale
+        if offset is not None:
+            acc_f = torch.addcmul(offset.to(torch.float64) * f0, x0, f0)
+        else:
+            acc_f = torch.mul(x0, f0)
+        for x, m in rest:
+            acc_f.addcmul_(x, m.to(torch.float64) * scale)
+        assert acc_f.dtype == torch.float64
+        return acc_f.round_().clamp_(qmin, qmax).to(torch.int8)
     acc = None
-    for x, m in terms:
-        t = x.to(torch.int64) * m
+    for i, (x, m) in enumerate(terms):
+        x64 = x.to(torch.int64)
+        if i == 0 and offset is not None:
+            x64 = x64 + offset.to(torch.int64)
+        t = x64 * m
         acc = t if acc is None else acc + t
     assert acc is not None
     return rounding_right_shift(acc, shift).clamp_(qmin, qmax).to(torch.int8)
