@@ -243,11 +243,21 @@ def export(
     spec: SpecArg,
     stage: Annotated[str, typer.Option("--stage", "-s", help="The stage whose model to export.")],
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="onnx | torchscript", show_default=False)
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx (QDQ when quantized) | onnx-integer (integer ops, exact) | torchscript",
+            show_default=False,
+        ),
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Default: {work_dir}/{stage}.onnx or -exported.pt."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Default: {work_dir}/{stage}.onnx, {stage}-integer.onnx or {stage}-exported.pt.",
+        ),
     ] = None,
     work_dir: WorkDirOpt = None,
     verbose: VerboseOpt = False,

@@ -1,4 +1,5 @@
-"""``hat export``: ONNX (QDQ int8 for quantized stages) and TorchScript of a trained stage."""
+"""``hat export``: ONNX (QDQ int8 or integer ops for quantized stages) and TorchScript of a
+trained stage."""
 
 from __future__ import annotations
 
@@ -13,9 +14,17 @@ import torch
 from torch import nn
 
 from hatcli.engine.export import QDQBuilder, load_stage_checkpoint
+from hatcli.engine.onnx_integer import IntegerOpsBuilder
 from hatcli.engine.stage import build_data_loader, build_model
 from hatcli.errors import InputError
-from hatcli.quant import DeQuantStub, QuantStub, convert, prepare_qat, qconfig_manager
+from hatcli.quant import (
+    DeQuantStub,
+    QFunctional,
+    QuantStub,
+    convert,
+    prepare_qat,
+    qconfig_manager,
+)
 from hatcli.spec.spec import load_spec
 
 onnx = pytest.importorskip("onnx")
@@ -105,6 +114,93 @@ def test_int_infer_onnx_matches_the_integer_model(trained: tuple[Path, Path], ha
     assert (d < 0.5).double().mean() >= 0.999
     assert d.max() <= 1.0
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_integer_ops_onnx_is_the_integer_model_bit_for_bit(
+    trained: tuple[Path, Path], hat_cli: RunHat
+):
+    spec, work = trained
+    err = _ok(hat_cli("export", spec, "-s", "int_infer", "-f", "onnx-integer", "--work-dir", work))
+    assert "exported the integer model as ONNX (integer ops)" in err
+    assert "100.000% of 3590 output elements identical" in err
+    path = work / "int_infer-integer.onnx"
+    graph = onnx.load(str(path))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"ConvInteger", "MatMulInteger", "Round"} <= ops
+    assert not ops & {"Conv", "Gemm", "MatMul", "QuantizeLinear", "DequantizeLinear"}
+    model, inputs, _ = _stage_model(spec, work, "int_infer")
+    wide = torch.cat([inputs, torch.randn(256, *inputs.shape[1:]) * 8])  # clipping too
+    with torch.no_grad():
+        assert torch.equal(_onnx_outputs(path, wide), model(wide))
+
+
+class _EveryIntegerOp(nn.Module):
+    """Standalone ReLU/ReLU6, quantized add/cat/mul, 2x2 pooling, an int8 and an int32
+    linear: every integer module the ONNX graphs know."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_b = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.relu, self.relu6 = nn.ReLU(), nn.ReLU6()
+        self.add, self.cat, self.mul = QFunctional(), QFunctional(), QFunctional()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc1 = nn.Linear(32, 16)
+        self.fc2 = nn.Linear(16, 5)
+        self.dequant = DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quant(x)
+        a, b = self.relu(self.conv_a(x)), self.relu6(self.conv_b(x))
+        c = self.cat.cat([self.add.add(a, b), a], dim=1)
+        p = self.pool(self.mul.mul(c, c)).flatten(1)
+        return self.dequant(self.fc2(self.fc1(p)))
+
+    def set_qconfig(self) -> None:
+        self.qconfig = qconfig_manager.get_default_qat_qconfig()
+        self.fc2.qconfig = qconfig_manager.get_default_qat_out_qconfig()
+
+
+def _integer(model: nn.Module, shape: tuple[int, ...], steps: int = 3) -> nn.Module:
+    model.set_qconfig()
+    qat = prepare_qat(model).train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(steps):
+            qat(torch.randn(16, *shape, generator=g))
+    return convert(qat)
+
+
+@pytest.mark.parametrize("arch", ["ResNet18", "MobileNetV2", "EveryIntegerOp"])
+def test_integer_ops_graph_equals_the_integer_model(arch: str) -> None:
+    from hat_models.mobilenet_v2 import MobileNetV2
+    from hat_models.resnet import ResNet18
+
+    shape = (3, 8, 8) if arch == "EveryIntegerOp" else (3, 32, 32)
+    torch.manual_seed(0)
+    if arch == "EveryIntegerOp":
+        model: nn.Module = _EveryIntegerOp()
+    else:
+        model = ResNet18(width=8) if arch == "ResNet18" else MobileNetV2(width_mult=0.25)
+        model.eval().fuse_model()
+    integer = _integer(model, shape)
+    proto, _ = IntegerOpsBuilder(integer, onnx).build(torch.zeros(2, *shape))
+    onnx.checker.check_model(proto, full_check=True)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.randn(32, *shape, generator=torch.Generator().manual_seed(1)) * 2
+    with torch.no_grad():
+        expected = integer(x)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert torch.equal(got, expected)
+
+
+def test_integer_ops_need_a_quantized_stage(trained: tuple[Path, Path], hat_cli: RunHat):
+    spec, work = trained
+    result = hat_cli("export", spec, "-s", "float", "-f", "onnx-integer", "--work-dir", work)
+    assert result.returncode == 2 and "needs a quantized stage" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (work / "float-integer.onnx").exists()
 
 
 def test_qat_onnx_follows_its_integer_form(trained: tuple[Path, Path], hat_cli: RunHat):

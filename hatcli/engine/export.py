@@ -27,6 +27,7 @@ from torch import nn
 
 from hatcli.engine.checkpoint_io import atomic_write_bytes, load_checkpoint
 from hatcli.engine.load_weights import load_weights
+from hatcli.engine.onnx_integer import IntegerOpsBuilder
 from hatcli.engine.onnx_qdq import OPSET, QDQBuilder
 from hatcli.engine.resume import checkpoint_callbacks
 from hatcli.engine.stage import build_data_loader, build_model, seed_everything
@@ -36,7 +37,7 @@ from hatcli.quant.fake_quantize import FakeQuantize
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.spec.spec import Spec, StageSpec
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "onnx-integer", "torchscript")
 ONNX_HINT = "ONNX export needs onnx and onnxruntime: install hat[onnx] (pip install 'hat[onnx]')"
 
 
@@ -80,11 +81,13 @@ class ExportResult:
 
     def lines(self) -> list[str]:
         head = f"[{self.stage}]"
-        what = "ONNX (QDQ int8)" if self.format == "onnx" and self.kind != "float" else self.format
+        what = {"onnx": "ONNX", "onnx-integer": "ONNX (integer ops)"}.get(self.format, self.format)
+        if self.format == "onnx" and self.kind != "float":
+            what = "ONNX (QDQ int8)"
         out = [f"{head} exported the {self.kind} model as {what}: {self.path}"]
         if self.weights:
             out.append(f"{head} weights: {self.weights}")
-        runner = "onnxruntime" if self.format == "onnx" else "torch.jit.load"
+        runner = "onnxruntime" if self.format.startswith("onnx") else "torch.jit.load"
         if self.accuracy is not None:
             out.append(
                 f"{head} accuracy of the exported model ({runner}, {self.samples} val "
@@ -95,7 +98,8 @@ class ExportResult:
 
 
 def default_path(work_dir: Path, stage: str, fmt: str) -> Path:
-    return work_dir / (f"{stage}.onnx" if fmt == "onnx" else f"{stage}-exported.pt")
+    names = {"onnx": f"{stage}.onnx", "onnx-integer": f"{stage}-integer.onnx"}
+    return work_dir / names.get(fmt, f"{stage}-exported.pt")
 
 
 def require_onnx() -> tuple[Any, Any]:
@@ -148,7 +152,7 @@ def export_stage(spec: Spec, stage: str, fmt: str, output: Path | None = None) -
     """Export ``stage``'s model (weights from its convert pipeline) and check the file."""
     if fmt not in FORMATS:
         raise InputError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    if fmt == "onnx":
+    if fmt.startswith("onnx"):
         require_onnx()
     stage_spec = spec.stage(stage)
     seed_everything(int(stage_spec.get("seed")))
@@ -166,7 +170,7 @@ def export_stage(spec: Spec, stage: str, fmt: str, output: Path | None = None) -
         if fmt == "torchscript":
             _export_torchscript(model, example, batches, result)
         else:
-            _export_onnx(model, example, batches, result)
+            _export_onnx(model, example, batches, result, integer_ops=fmt == "onnx-integer")
     return result
 
 
@@ -203,11 +207,20 @@ def _export_torchscript(
 
 
 def _export_onnx(
-    model: nn.Module, example: torch.Tensor, batches: list[Any], result: ExportResult
+    model: nn.Module,
+    example: torch.Tensor,
+    batches: list[Any],
+    result: ExportResult,
+    integer_ops: bool = False,
 ) -> None:
     onnx, ort = require_onnx()
     out_scale: tuple[torch.Tensor, int | None] | None = None
     integer = model
+    if result.kind == "float" and integer_ops:
+        raise InputError(
+            f"--format onnx-integer needs a quantized stage; {result.stage!r} holds a float "
+            "model (use --format onnx)"
+        )
     if result.kind == "float":
         proto = _torch_onnx_export(model, example)
     else:
@@ -216,7 +229,8 @@ def _export_onnx(
                 integer = convert(model)
             except Exception as exc:
                 raise InputError(f"the QAT model does not convert: {one_line(exc)}") from None
-        proto, scales = QDQBuilder(integer, onnx).build(example)
+        builder = IntegerOpsBuilder if integer_ops else QDQBuilder
+        proto, scales = builder(integer, onnx).build(example)
         out_scale = scales[0] if scales else None
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -240,10 +254,19 @@ def _export_onnx(
     if ints:  # a QAT stage: the graph is its integer model; compare with both
         int_ref = torch.cat(ints)
         result.agreements.append(
-            _agreement("hat integer model (QAT2Quantize of it)", int_ref, out, target, out_scale)
+            _agreement(
+                "hat integer model (QAT2Quantize of it)",
+                int_ref,
+                out,
+                target,
+                out_scale,
+                integer_ops,
+            )
         )
     against = "hat QAT model" if ints else f"hat {result.kind} model"
-    result.agreements.append(_agreement(against, torch.cat(refs), out, target, out_scale))
+    result.agreements.append(
+        _agreement(against, torch.cat(refs), out, target, out_scale, integer_ops)
+    )
     atomic_write_bytes(result.path, data)
 
 
@@ -298,8 +321,9 @@ def _agreement(
         shape[axis] = -1
         s = s.reshape(shape)
     in_scales = diff / s
-    # Identical: the same integer on the output grid (a float32 DequantizeLinear and
-    # hat's float64 dequantization can differ in the last bit of the float value).
-    agree.identical = float((in_scales < 0.5).double().mean()) if n else 1.0
+    if not exact:
+        # Identical: the same integer on the output grid (a float32 DequantizeLinear and
+        # hat's float64 dequantization can differ in the last bit of the float value).
+        agree.identical = float((in_scales < 0.5).double().mean()) if n else 1.0
     agree.max_diff_scales = float(in_scales.max()) if n else 0.0
     return agree

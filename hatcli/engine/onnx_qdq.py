@@ -34,6 +34,8 @@ class _Val:
     scale: float | None = None
     # For a float value that hat dequantized: its scale and axis (for the agreement).
     out_scale: tuple[torch.Tensor, int | None] | None = None
+    # For an int32 value (integer-op graphs): its per-channel scale and axis.
+    int32_scale: tuple[torch.Tensor, int] | None = None
 
 
 _RESHAPES = {
@@ -100,9 +102,16 @@ class QDQBuilder:
         self.busy = False
         self.used: set[str] = set()
         self.dq_cache: dict[str, str] = {}
-        self.zero8 = self.const("zero_int8", np.array(0, dtype=np.int8))
+        self._zero8: str | None = None
 
     # -- graph helpers
+    @property
+    def zero8(self) -> str:
+        """The shared int8 zero point (created on first use)."""
+        if self._zero8 is None:
+            self._zero8 = self.const("zero_int8", np.array(0, dtype=np.int8))
+        return self._zero8
+
     def unique(self, base: str) -> str:
         name, i = base, 1
         while name in self.used:

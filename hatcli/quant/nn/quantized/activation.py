@@ -40,6 +40,11 @@ class ReLU6(IntegerModule):
 
     def forward(self, x: torch.Tensor) -> QTensor:
         xi, s_in = self._int8_input(x)
+        m, shift = self.multiplier(s_in)
+        return QTensor(requantize([(xi, m)], shift, self.qmin, self.qmax), self.output_scale)
+
+    def multiplier(self, s_in: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, shift)`` rescaling an int8 input of scale ``s_in`` to the output scale."""
         factor = torch.as_tensor(s_in, dtype=torch.float64) / self.output_scale.double()
         (m,), shift = quantize_multiplier(factor, x_bounds=[128])
-        return QTensor(requantize([(xi, m)], shift, self.qmin, self.qmax), self.output_scale)
+        return m, shift

@@ -29,10 +29,16 @@ class QFunctional(IntegerModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("QFunctional is not called directly: use .add, .cat or .mul")
 
-    def _requant(self, xs: list[tuple[torch.Tensor, float]], bound: int = 128) -> torch.Tensor:
+    def multipliers(
+        self, scales: list[float], bound: int = 128
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``([m_i], shift)`` rescaling integers of scales ``s_i`` (``|x| <= bound``)."""
         s_out = self.output_scale.double()
-        factors = [torch.as_tensor(s, dtype=torch.float64) / s_out for _, s in xs]
-        mults, shift = quantize_multiplier(*factors, x_bounds=[bound] * len(xs))
+        factors = [torch.as_tensor(s, dtype=torch.float64) / s_out for s in scales]
+        return quantize_multiplier(*factors, x_bounds=[bound] * len(scales))
+
+    def _requant(self, xs: list[tuple[torch.Tensor, float]], bound: int = 128) -> torch.Tensor:
+        mults, shift = self.multipliers([s for _, s in xs], bound)
         return requantize([(x, m) for (x, _), m in zip(xs, mults, strict=True)], shift)
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:

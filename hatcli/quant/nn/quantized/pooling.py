@@ -35,6 +35,11 @@ class AdaptiveAvgPool2d(IntegerModule):
         kh, kw = h // oh, w // ow
         blocks = xi.reshape(*xi.shape[:-2], oh, kh, ow, kw).to(torch.int32)
         sums = blocks.sum(dim=(-3, -1), dtype=torch.int32)
-        factor = torch.as_tensor(s_in / (kh * kw), dtype=torch.float64) / self.output_scale.double()
-        (m,), shift = quantize_multiplier(factor, x_bounds=[128 * kh * kw])
+        m, shift = self.multiplier(s_in, kh * kw)
         return QTensor(requantize([(sums, m)], shift), self.output_scale)
+
+    def multiplier(self, s_in: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, shift)`` rescaling a sum of ``window`` int8 values to the output scale."""
+        factor = torch.as_tensor(s_in / window, dtype=torch.float64) / self.output_scale.double()
+        (m,), shift = quantize_multiplier(factor, x_bounds=[128 * window])
+        return m, shift
