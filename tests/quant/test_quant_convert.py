@@ -271,9 +271,11 @@ def test_qat_and_integer_state_dicts_round_trip() -> None:
 
 
 @pytest.mark.parametrize(("stride", "dilation"), [(1, 1), (2, 1), (1, 2)])
-def test_depthwise_fast_path_equals_the_general_im2col_path(stride: int, dilation: int) -> None:
+def test_depthwise_fast_paths_equal_the_general_im2col_path(stride: int, dilation: int) -> None:
     from hatcli.quant.nn.quantized.int_matmul import (
         conv_weight_mats,
+        depthwise_conv2d_float32,
+        float32_convolution_is_exact,
         int8_conv2d,
         int8_depthwise_conv2d,
     )
@@ -281,6 +283,25 @@ def test_depthwise_fast_path_equals_the_general_im2col_path(stride: int, dilatio
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(-128, 128, (3, 12, 9, 11), dtype=torch.int8, generator=generator)
     w = torch.randint(-128, 128, (12, 1, 3, 3), dtype=torch.int8, generator=generator)
+    x[0], w[0] = -128, -128  # the extreme sum, 9 * 128 * 128
     geometry = ((stride, stride), (1, 1), (dilation, dilation))
     general = int8_conv2d(x, conv_weight_mats(w, 12), (3, 3), *geometry)
     assert torch.equal(int8_depthwise_conv2d(x, w, *geometry), general)
+    assert float32_convolution_is_exact()  # on this CPU build; it guards the next line
+    assert torch.equal(depthwise_conv2d_float32(x, w, *geometry), general.float())
+
+
+def test_reduced_precision_settings_turn_the_float32_depthwise_path_off(monkeypatch) -> None:
+    from hatcli.quant.nn.quantized.int_matmul import float32_convolution_is_exact
+
+    assert float32_convolution_is_exact()
+    monkeypatch.setenv("ONEDNN_DEFAULT_FPMATH_MODE", "BF16")
+    assert not float32_convolution_is_exact()
+    monkeypatch.delenv("ONEDNN_DEFAULT_FPMATH_MODE")
+    conv = torch.backends.mkldnn.conv
+    before = conv.fp32_precision
+    conv.fp32_precision = "bf16"
+    try:
+        assert not float32_convolution_is_exact()
+    finally:
+        conv.fp32_precision = before

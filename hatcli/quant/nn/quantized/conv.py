@@ -19,7 +19,10 @@ from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.quantized.base import IntegerModule, clamp_bounds
 from hatcli.quant.nn.quantized.int_matmul import (
+    FLOAT32_EXACT,
     conv_weight_mats,
+    depthwise_conv2d_float32,
+    float32_convolution_is_exact,
     int8_conv2d,
     int8_depthwise_conv2d,
 )
@@ -28,6 +31,7 @@ from hatcli.quant.qat_mode import QATMode
 from hatcli.quant.qtensor import QTensor
 
 _I32 = torch.iinfo(torch.int32)
+_CHUNK_ROWS = 16384
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Conv2d(IntegerModule):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups, self.qmin, self.qmax = groups, qmin, qmax
         self._cache: dict[tuple[float, ...], _Params] = {}
+        self._float32_exact: bool | None = None  # depthwise weights bound sums below 2**24
 
     @classmethod
     def from_qat(cls, mod: qat.Conv2d) -> Conv2d:
@@ -111,10 +116,12 @@ class Conv2d(IntegerModule):
 
     def _apply(self, fn: Any, recurse: bool = True) -> Conv2d:  # .to(), .cuda(), ...
         self._cache.clear()
+        self._float32_exact = None
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._cache.clear()
+        self._float32_exact = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def _params(self, s_in: float, s_res: float | None = None) -> _Params:
@@ -145,33 +152,76 @@ class Conv2d(IntegerModule):
             self._cache[key] = p
         return p
 
-    def _accumulate(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """int32 accumulator, channels-last [N, OH, OW, O], and the input scale."""
-        xi, s_in = self._int8_input(x)
+    def _accumulate(self, xi: torch.Tensor) -> torch.Tensor:
+        """The accumulator, channels-last [N, OH, OW, O], of int8 NCHW input: int32, or
+        float32 holding the same integers exactly (see ``depthwise_conv2d_float32``)."""
         w = self.weight
         if self.groups > 1 and w.shape[1] == 1 and w.shape[0] == self.groups:
-            acc = int8_depthwise_conv2d(xi, w, self.stride, self.padding, self.dilation)
-            return acc, s_in
+            geometry = (self.stride, self.padding, self.dilation)
+            if xi.is_cpu and self._depthwise_in_float32():
+                return depthwise_conv2d_float32(xi, w, *geometry)
+            return int8_depthwise_conv2d(xi, w, *geometry)
         mats = conv_weight_mats(w, self.groups)
         kernel = (w.shape[2], w.shape[3])
-        acc = int8_conv2d(xi, mats, kernel, self.stride, self.padding, self.dilation)
-        return acc, s_in
+        return int8_conv2d(xi, mats, kernel, self.stride, self.padding, self.dilation)
 
-    def _finish(self, acc: torch.Tensor, p: _Params, res: torch.Tensor | None) -> QTensor:
-        """Add the bias and requantize on the channels-last accumulator; the result is an
-        NCHW view of channels-last memory (which the next conv reads without a copy)."""
+    def _depthwise_in_float32(self) -> bool:
+        if self._float32_exact is None:
+            per_channel = self.weight.to(torch.int64).abs().flatten(1).sum(dim=1)
+            self._float32_exact = bool((128 * per_channel).max() < FLOAT32_EXACT)
+        return self._float32_exact and float32_convolution_is_exact()
+
+    def _finish(self, acc: torch.Tensor, p: _Params, res: torch.Tensor | None) -> torch.Tensor:
+        """Add the bias and requantize the channels-last accumulator (int8 NHWC), or keep it
+        int32 when there is no output quantization."""
         if p.out_scale is not None:
-            return QTensor((acc + p.bias).permute(0, 3, 1, 2), p.out_scale, axis=1)
-        assert p.shift is not None and self.output_scale is not None
+            return acc.to(torch.int32) + p.bias
+        assert p.shift is not None
         terms = [(acc, p.mults[0])]
         if res is not None:
             terms.append((res.permute(0, 2, 3, 1), p.mults[1]))
-        q = requantize(terms, p.shift, self.qmin, self.qmax, bound=p.bound, offset=p.bias)
-        return QTensor(q.permute(0, 3, 1, 2), self.output_scale)
+        return requantize(terms, p.shift, self.qmin, self.qmax, bound=p.bound, offset=p.bias)
+
+    def _images_per_chunk(self, xi: torch.Tensor) -> int:
+        """Whole images per ``_CHUNK_ROWS`` output positions: a large batch runs in chunks
+        whose temporaries (im2col, accumulator) stay cache-sized, so cost grows linearly
+        with the batch. Rows are independent: chunking never changes a result."""
+        size = []
+        for dim, k in ((2, self.weight.shape[2]), (3, self.weight.shape[3])):
+            i = dim - 2
+            span = self.dilation[i] * (k - 1) + 1
+            size.append((xi.shape[dim] + 2 * self.padding[i] - span) // self.stride[i] + 1)
+        return max(1, _CHUNK_ROWS // max(1, size[0] * size[1]))
+
+    def _run(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> QTensor:
+        xi, s_in = self._int8_input(x)
+        r, s_res = None, None
+        if residual is not None:
+            r, s_res = self._int8_input(residual, "residual")
+        p = self._params(s_in, s_res)
+        step = self._images_per_chunk(xi)
+        if step >= xi.shape[0] or torch.jit.is_tracing():  # a trace must not fix the batch
+            out = self._finish(self._accumulate(xi), p, r)
+        else:
+            out = torch.cat(
+                [
+                    self._finish(
+                        self._accumulate(xi[i : i + step]),
+                        p,
+                        None if r is None else r[i : i + step],
+                    )
+                    for i in range(0, xi.shape[0], step)
+                ]
+            )
+        out = out.permute(0, 3, 1, 2)
+        # An NCHW view of channels-last memory, which the next conv reads without a copy.
+        if p.out_scale is not None:
+            return QTensor(out, p.out_scale, axis=1)
+        assert self.output_scale is not None
+        return QTensor(out, self.output_scale)
 
     def forward(self, x: torch.Tensor) -> QTensor:
-        acc, s_in = self._accumulate(x)
-        return self._finish(acc, self._params(s_in), None)
+        return self._run(x)
 
     def extra_repr(self) -> str:
         o, i, kh, kw = self.weight.shape
@@ -187,6 +237,4 @@ class ConvAdd2d(Conv2d):
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> QTensor:  # type: ignore[override]
         if self.output_scale is None:
             raise ValueError("a conv with a residual add needs an output scale")
-        r, s_res = self._int8_input(residual, "residual")
-        acc, s_in = self._accumulate(x)
-        return self._finish(acc, self._params(s_in, s_res), r)
+        return self._run(x, residual)
