@@ -17,6 +17,35 @@ from hatcli.quant.observer import (
 from hatcli.quant.qat_tensor import QATTensor, plain
 
 
+class _PerTensorFakeQuantize(torch.autograd.Function):
+    """``torch.fake_quantize_per_tensor_affine`` with zero point 0, bit for bit, in
+    vectorised elementwise ops: torch's fused CPU kernel is scalar and ~4x slower, and
+    activations are fake-quantized at every layer. Straight-through gradient inside the
+    range (the mask torch's kernel caches), zero outside."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        scale: torch.Tensor,
+        quant_min: int,
+        quant_max: int,
+    ) -> torch.Tensor:
+        # The kernel's arithmetic: float32 x * (1 / scale), rounded half to even, clamped.
+        q = torch.mul(x, torch.reciprocal(scale)).round_()
+        clamped = q.clamp(quant_min, quant_max)
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            ctx.save_for_backward(q == clamped)
+        return clamped.mul_(scale)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * inside, None, None, None
+
+
 class FakeQuantize(nn.Module):
     """Simulated int8 quantization with torch's own fake-quantize kernels.
 
@@ -74,9 +103,7 @@ class FakeQuantize(nn.Module):
         zero_point = zero_point.to(x.device)
         axis = self.ch_axis
         if axis is None:
-            y = torch.fake_quantize_per_tensor_affine(
-                plain(x), scale, zero_point, self.quant_min, self.quant_max
-            )
+            y = _PerTensorFakeQuantize.apply(plain(x), scale, self.quant_min, self.quant_max)
             return QATTensor.wrap(y, scale)
         return torch.fake_quantize_per_channel_affine(
             x, scale, zero_point, axis, self.quant_min, self.quant_max

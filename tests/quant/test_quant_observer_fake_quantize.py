@@ -71,6 +71,19 @@ def test_fake_quantize_equals_torch_kernels() -> None:
     zp = torch.zeros((), dtype=torch.int32)
     ref = torch.fake_quantize_per_tensor_affine(x, act.scale, zp, -128, 127)
     assert torch.equal(y, ref)
+    # Values and straight-through gradients on a large tensor, many of them at or next to
+    # rounding ties and range ends, with a scale whose reciprocal is inexact.
+    act.eval()
+    steps = torch.arange(-140 * 4, 140 * 4, dtype=torch.float32) / 4 * act.scale
+    near = torch.cat([steps, torch.nextafter(steps, steps + 1), torch.nextafter(steps, steps - 1)])
+    big = torch.cat([near, torch.randn(200_000) * 2]).requires_grad_(True)
+    ours = act(big)
+    (ours * torch.arange(big.numel())).sum().backward()
+    mine = big.grad.clone()
+    big.grad = None
+    theirs = torch.fake_quantize_per_tensor_affine(big, act.scale, zp, -128, 127)
+    (theirs * torch.arange(big.numel())).sum().backward()
+    assert torch.equal(ours.detach(), theirs.detach()) and torch.equal(mine, big.grad)
     assert isinstance(y, QATTensor) and torch.equal(y.q_scale, act.scale)
     zps = torch.zeros(6, dtype=torch.int32)
     assert torch.equal(wq, torch.fake_quantize_per_channel_affine(w, wfq.scale, zps, 0, -128, 127))
