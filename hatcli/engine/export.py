@@ -1,17 +1,15 @@
-"""Export a stage's model: ONNX (QDQ for quantized models) or TorchScript, then check it.
+"""Export a stage's model: ONNX (QDQ or integer ops for quantized models) or TorchScript,
+then check it.
 
 The model is built exactly as ``hat train`` builds the stage (its convert pipeline loads
 the trained weights), put in eval mode and exported; the exported file is then run on the
 stage's whole ``val`` split and compared with the model it came from.
 
-ONNX of a quantized model: the integer model (for a QAT stage, its ``convert``) is run
-once on an example batch while forward hooks record, in call order, each integer module
-and each shape operation on its activations. Each becomes QDQ ONNX: an int8 activation
-is ``DequantizeLinear`` (per-tensor scale, zero point 0) into the float op, int8 weights
-are ``DequantizeLinear`` per output channel (axis 0), the bias is int32 at scale
-``s_in * s_w``, and the result is ``QuantizeLinear`` at the module's output scale; the
-integer model's fused clamps are ``Relu`` / ``Clip``. The float model goes through
-``torch.onnx.export``.
+ONNX of a quantized model is built from the integer model (for a QAT stage, its
+``convert``) by recording one forward pass: ``onnx_qdq`` writes the QDQ form (float ops
+between ``DequantizeLinear`` and ``QuantizeLinear``), ``onnx_integer`` the exact form
+(``ConvInteger``/``MatMulInteger`` and hat's own requantization). The float model goes
+through ``torch.onnx.export``.
 """
 
 from __future__ import annotations
