@@ -58,7 +58,7 @@ class _UnfoldScale(torch.autograd.Function):
         if needs[1] or needs[2]:
             grad_sum = grad.sum(dim=(0, 2, 3))
             if needs[1]:  # d(z/s)/ds = -(z/s)/s, with z/s = y - b
-                z_over_s = torch.einsum("nchw,nchw->c", grad, y)
+                z_over_s = (grad * y).sum(dim=(0, 2, 3))
                 if b is not None:
                     z_over_s = z_over_s - b * grad_sum
                 grad_s = -z_over_s / s
