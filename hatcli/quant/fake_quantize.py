@@ -46,6 +46,43 @@ class _PerTensorFakeQuantize(torch.autograd.Function):
         return grad * inside, None, None, None
 
 
+class _ClampFakeQuantize(torch.autograd.Function):
+    """``FQ(clamp(z, low, high))`` (ReLU: high ``None``; ReLU6: 0, 6) with one saved mask.
+
+    Values and gradients are those of the activation followed by the fake quantization,
+    bit for bit, but autograd keeps one byte per element (ReLU's backward would keep its
+    whole float output). The observer sees the activated values, as it would unfused.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        z: torch.Tensor,
+        fq: FakeQuantize,
+        low: float,
+        high: float | None,
+    ) -> torch.Tensor:
+        a = z.clamp(low, high)
+        scale = fq.observe(a)
+        q = torch.mul(a, torch.reciprocal(scale)).round_()
+        clamped = q.clamp(fq.quant_min, fq.quant_max)
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            # The activation's gradient mask (strict, as relu's and hardtanh's) and the
+            # fake quantization's.
+            inside = (q == clamped).logical_and_(z > low)
+            if high is not None:
+                inside.logical_and_(z < high)
+            ctx.save_for_backward(inside)
+        return clamped.mul_(scale)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * inside, None, None, None
+
+
 class FakeQuantize(nn.Module):
     """Simulated int8 quantization with torch's own fake-quantize kernels.
 
@@ -91,6 +128,24 @@ class FakeQuantize(nn.Module):
 
     def disable_observer(self) -> FakeQuantize:
         return self.enable_observer(False)
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        """Let the observer see ``x`` (when enabled: in training, or while it has seen
+        nothing); returns the scale to quantize with."""
+        obs = self.activation_post_process
+        if bool(self.observer_enabled) and (self.training or not obs.initialized):
+            obs(x)
+        return obs.calculate_qparams()[0].to(x.device)
+
+    def after_activation(self, z: torch.Tensor, act: nn.Module) -> torch.Tensor:
+        """``self(act(z))``, with ReLU and ReLU6 fused into the fake quantization so that
+        training keeps one byte per element for both instead of ReLU's float output."""
+        relu, relu6 = isinstance(act, nn.ReLU), isinstance(act, nn.ReLU6)
+        fusable = (relu or relu6) and self.ch_axis is None and bool(self.fake_quant_enabled)
+        if not fusable:
+            return self(act(z))
+        y = _ClampFakeQuantize.apply(plain(z), self, 0.0, 6.0 if relu6 else None)
+        return QATTensor.wrap(y, self.activation_post_process.calculate_qparams()[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         obs = self.activation_post_process

@@ -89,6 +89,27 @@ def test_fake_quantize_equals_torch_kernels() -> None:
     assert torch.equal(wq, torch.fake_quantize_per_channel_affine(w, wfq.scale, zps, 0, -128, 127))
 
 
+@pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.ReLU6(), torch.nn.Identity()])
+def test_activation_fused_into_fake_quantize_is_bitwise_the_unfused_pair(act) -> None:
+    """Values, gradients and observed ranges of ``after_activation`` equal ``fq(act(z))``,
+    at the activation's kinks (0, 6) and rounding ties too."""
+    g = torch.Generator().manual_seed(3)
+    ties = torch.tensor([0.0, -0.0, 6.0, 5.999, 6.001, 1e-9, -1e-9])
+    fused, plain_fq = FakeQuantize(), FakeQuantize()
+    for step in range(3):
+        z = torch.cat([ties, torch.randn(5000, generator=g) * 4]).requires_grad_(True)
+        z2 = z.detach().clone().requires_grad_(True)
+        weights = torch.rand(z.numel(), generator=g)
+        a = fused.after_activation(z, act)
+        b = plain_fq(act(z2))
+        (a * weights).sum().backward()
+        (b * weights).sum().backward()
+        assert torch.equal(a.detach(), b.detach()), step
+        assert torch.equal(z.grad, z2.grad), step
+        assert torch.equal(fused.scale, plain_fq.scale)
+        assert isinstance(a, QATTensor) and torch.equal(a.q_scale, b.q_scale)
+
+
 def test_fake_quantize_matches_torch_ao_fake_quantize_over_training() -> None:
     ours = FakeQuantize()
     peer = AOFakeQuantize(

@@ -14,6 +14,8 @@ from hatcli.quant.nn.qat._activation_out import output_fake_quant
 from hatcli.quant.nn.qat.integer_eval import IntegerEval
 from hatcli.quant.qconfig import QConfig
 
+_RELU6 = nn.ReLU6()
+
 
 class ReLU(nn.Module):
     """``relu(x)``; the integer version is a clamp at 0 with the input's scale."""
@@ -43,4 +45,5 @@ class ReLU6(IntegerEval):
         return cls(qconfig if qconfig is not None else mod.qconfig)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.exact_eval(lambda: self.activation_post_process(F.relu6(x)), [x])
+        app = self.activation_post_process
+        return self.exact_eval(lambda: app.after_activation(x, _RELU6), [x])

@@ -154,9 +154,8 @@ class Conv2d(IntegerEval):
         return y + bias.reshape(1, -1, 1, 1)  # type: ignore[union-attr]
 
     def _post(self, y: torch.Tensor) -> torch.Tensor:
-        y = self.act(y)
         app = self.activation_post_process
-        return app(y) if app is not None else y
+        return app.after_activation(y, self.act) if app is not None else self.act(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.exact_eval(lambda: self._post(self._conv_bn(x)), [x])

@@ -49,9 +49,9 @@ class Linear(IntegerEval):
         lin, fq = self.linear, self.weight_fake_quant
         s_in = input_scale(x)
         w = fq(lin.weight)
-        y = self.act(F.linear(plain(x), w, fake_quantize_bias(lin.bias, s_in, fq.scale)))
+        y = F.linear(plain(x), w, fake_quantize_bias(lin.bias, s_in, fq.scale))
         app = self.activation_post_process
-        return app(y) if app is not None else y
+        return app.after_activation(y, self.act) if app is not None else self.act(y)
 
 
 class LinearReLU(Linear):
