@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hatcli.engine.onnx_qdq import _FLOAT_LEAVES, QDQBuilder, _Val
+from hatcli.engine.onnx_qdq import _FLOAT_LEAVES, QDQBuilder, _Val, functional_inputs
 from hatcli.errors import InputError
 from hatcli.quant.nn import quantized as qnn
 from hatcli.quant.qtensor import QTensor
@@ -232,19 +232,17 @@ class IntegerOpsBuilder(QDQBuilder):
     ) -> None:
         where = f"{path}.{method}"
         s_out = float(mod.output_scale)
+        tensors, dim = functional_inputs(method, args, kwargs)
         if method == "cat":
-            tensors = kwargs.get("tensors", args[0] if args else None)
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
             parts = []
             for i, t in enumerate(tensors):
                 v = self.activation(t, where)
                 (m,), shift = mod.multipliers([v.scale])  # type: ignore[list-item]
                 terms = [(v.name, _multiplier(m, shift, []), True)]
                 parts.append(self.requantize(terms, -128, 127, f"{where}{i}"))
-            self.record(out, _Val(self.node("Concat", parts, where, axis=int(dim)), s_out))
+            self.record(out, _Val(self.node("Concat", parts, where, axis=dim), s_out))
             return
-        a = self.activation(kwargs.get("a", args[0] if args else None), where)
-        b = self.activation(kwargs.get("b", args[1] if len(args) > 1 else None), where)
+        a, b = (self.activation(t, where) for t in tensors)
         if method == "add":
             mults, shift = mod.multipliers([a.scale, b.scale])  # type: ignore[list-item]
             terms = [

@@ -60,6 +60,17 @@ _IDENTITIES = {
 _FLOAT_LEAVES = (nn.Identity, nn.Dropout, nn.Flatten)
 
 
+def functional_inputs(
+    method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[Any], int]:
+    """The tensors a ``QFunctional`` call combines, and ``cat``'s dim (0 for add/mul)."""
+    if method == "cat":
+        tensors = kwargs.get("tensors", args[0] if args else ())
+        return list(tensors), int(kwargs.get("dim", args[1] if len(args) > 1 else 0))
+    a = kwargs.get("a", args[0] if args else None)
+    return [a, kwargs.get("b", args[1] if len(args) > 1 else None)], 0
+
+
 class _Recorder(TorchFunctionMode):
     """Records the shape ops that the model's own forward code applies to activations."""
 
@@ -402,17 +413,12 @@ class QDQBuilder:
         out: torch.Tensor,
     ) -> None:
         where = f"{path}.{method}"
+        tensors, dim = functional_inputs(method, args, kwargs)
+        inputs = [self.dequantize(self.val_of(t, where), where) for t in tensors]
         if method == "cat":
-            tensors = kwargs.get("tensors", args[0] if args else None)
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-            inputs = [self.dequantize(self.val_of(t, where), where) for t in tensors]
-            y = self.node("Concat", inputs, where, axis=int(dim))
+            y = self.node("Concat", inputs, where, axis=dim)
         else:
-            a = kwargs.get("a", args[0] if args else None)
-            b = kwargs.get("b", args[1] if len(args) > 1 else None)
-            xa = self.dequantize(self.val_of(a, where), where)
-            xb = self.dequantize(self.val_of(b, where), where)
-            y = self.node("Add" if method == "add" else "Mul", [xa, xb], where)
+            y = self.node("Add" if method == "add" else "Mul", inputs, where)
         s_out = float(mod.output_scale)
         self.record(out, _Val(self.quantize(y, s_out, path), s_out))
 
