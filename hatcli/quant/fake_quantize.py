@@ -17,7 +17,28 @@ from hatcli.quant.observer import (
 from hatcli.quant.qat_tensor import QATTensor, plain
 
 
-class _PerTensorFakeQuantize(torch.autograd.Function):
+def _round_to_grid(
+    x: torch.Tensor, scale: torch.Tensor, quant_min: int, quant_max: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, clamp(q))`` with ``q = round(x * (1 / scale))``: torch's fake-quantize kernel
+    arithmetic (float32 reciprocal, rounding half to even), before the final ``* scale``."""
+    q = torch.mul(x, torch.reciprocal(scale)).round_()
+    return q, q.clamp(quant_min, quant_max)
+
+
+class _MaskedStraightThrough(torch.autograd.Function):
+    """Backward shared by the fake quantizations below: the gradient where the saved
+    mask is true, zero elsewhere."""
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * inside, None, None, None
+
+
+class _PerTensorFakeQuantize(_MaskedStraightThrough):
     """``torch.fake_quantize_per_tensor_affine`` with zero point 0, bit for bit, in
     vectorised elementwise ops: torch's fused CPU kernel is scalar and ~4x slower, and
     activations are fake-quantized at every layer. Straight-through gradient inside the
@@ -31,22 +52,13 @@ class _PerTensorFakeQuantize(torch.autograd.Function):
         quant_min: int,
         quant_max: int,
     ) -> torch.Tensor:
-        # The kernel's arithmetic: float32 x * (1 / scale), rounded half to even, clamped.
-        q = torch.mul(x, torch.reciprocal(scale)).round_()
-        clamped = q.clamp(quant_min, quant_max)
+        q, clamped = _round_to_grid(x, scale, quant_min, quant_max)
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             ctx.save_for_backward(q == clamped)
         return clamped.mul_(scale)
 
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * inside, None, None, None
 
-
-class _ClampFakeQuantize(torch.autograd.Function):
+class _ClampFakeQuantize(_MaskedStraightThrough):
     """``FQ(clamp(z, low, high))`` (ReLU: high ``None``; ReLU6: 0, 6) with one saved mask.
 
     Values and gradients are those of the activation followed by the fake quantization,
@@ -64,8 +76,7 @@ class _ClampFakeQuantize(torch.autograd.Function):
     ) -> torch.Tensor:
         a = z.clamp(low, high)
         scale = fq.observe(a)
-        q = torch.mul(a, torch.reciprocal(scale)).round_()
-        clamped = q.clamp(fq.quant_min, fq.quant_max)
+        q, clamped = _round_to_grid(a, scale, fq.quant_min, fq.quant_max)
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             # The activation's gradient mask (strict, as relu's and hardtanh's) and the
             # fake quantization's.
@@ -74,13 +85,6 @@ class _ClampFakeQuantize(torch.autograd.Function):
                 inside.logical_and_(z < high)
             ctx.save_for_backward(inside)
         return clamped.mul_(scale)
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * inside, None, None, None
 
 
 class FakeQuantize(nn.Module):
@@ -148,18 +152,14 @@ class FakeQuantize(nn.Module):
         return QATTensor.wrap(y, self.activation_post_process.calculate_qparams()[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        obs = self.activation_post_process
-        if bool(self.observer_enabled) and (self.training or not obs.initialized):
-            obs(x)
+        scale = self.observe(x)
         if not bool(self.fake_quant_enabled):
             return x
-        scale, zero_point = obs.calculate_qparams()
-        scale = scale.to(x.device)
-        zero_point = zero_point.to(x.device)
         axis = self.ch_axis
         if axis is None:
             y = _PerTensorFakeQuantize.apply(plain(x), scale, self.quant_min, self.quant_max)
             return QATTensor.wrap(y, scale)
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(
             x, scale, zero_point, axis, self.quant_min, self.quant_max
         )
