@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hatcli import plugins
+from hatcli.engine.distributed import lost_a_peer
 from hatcli.engine.interrupt import Interrupted
 from hatcli.engine.launch import LAUNCHED_BY_HAT, Launch, run_workers
 from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError, one_line
@@ -43,7 +45,14 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _fail(lines: list[str], code: int) -> None:
+LOST_PEER_GRACE_S = 5.0
+
+
+class _LostPeer(typer.Exit):
+    """A worker's collective failed because another worker died first."""
+
+
+def _fail(lines: list[str], code: int, lost_peer: bool = False) -> None:
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file and lines:
         # The launcher reads this file and reports the first failing worker's message.
@@ -52,7 +61,7 @@ def _fail(lines: list[str], code: int) -> None:
     if _is_main_process() and not os.environ.get(LAUNCHED_BY_HAT):
         for line in lines:
             err.print(line, markup=False)
-    raise typer.Exit(code)
+    raise (_LostPeer if lost_peer else typer.Exit)(code)
 
 
 def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
@@ -77,7 +86,8 @@ def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
         if verbose:
             traceback.print_exc()
         hint = "" if verbose else " (--verbose for the traceback)"
-        _fail([f"run failed: {type(exc).__name__}: {one_line(exc)}{hint}"], 1)
+        lost_peer = lost_a_peer(exc)
+        _fail([f"run failed: {type(exc).__name__}: {one_line(exc)}{hint}"], 1, lost_peer)
 
 
 @app.command()
@@ -122,6 +132,15 @@ def worker_main(command: str, kwargs: dict[str, Any]) -> None:
     warnings.formatwarning = _format_warning  # type: ignore[assignment]
     try:
         _COMMANDS[command](**kwargs)
+    except _LostPeer as exc:
+        # The launcher reports the first worker it sees exit. Wait for it to see the
+        # one that failed first and stop this one; then leave without tearing down the
+        # broken group, which can abort the process (gloo's threads are mid-transfer).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        time.sleep(LOST_PEER_GRACE_S)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     finally:

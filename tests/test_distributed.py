@@ -296,3 +296,13 @@ def test_bad_launches_are_input_errors(hat_cli, env, tmp_path: Path) -> None:
     )
     assert result.stderr.count("error:") == 1  # once, not once per worker
     assert signal.SIGKILL  # (kills in these tests are real signals)
+
+
+def test_a_collective_that_lost_its_peer_is_told_from_a_failure_of_its_own() -> None:
+    from hatcli.engine.distributed import lost_a_peer
+
+    gloo = "[/src/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error: Connection reset"
+    assert lost_a_peer(RuntimeError(gloo))
+    assert lost_a_peer(torch.distributed.DistBackendError("NCCL communicator was aborted"))
+    assert not lost_a_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not lost_a_peer(ValueError(gloo))

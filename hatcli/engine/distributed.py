@@ -46,6 +46,17 @@ def init_process_group(backend: str, device: torch.device) -> None:
     dist.init_process_group(backend=backend)
 
 
+def lost_a_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank died or hung.
+
+    Such a failure is a consequence, not a cause: the launcher reports the rank that
+    failed for its own reason. gloo raises a plain RuntimeError that names its source.
+    """
+    if dist.is_available() and isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and "/gloo/" in str(exc)
+
+
 def destroy_process_group() -> None:
     if is_initialized():
         dist.destroy_process_group()

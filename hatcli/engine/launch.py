@@ -91,6 +91,7 @@ def run_workers(launch: Launch, entrypoint: Any, *args: Any) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.nproc)))
     # The launcher logs each failure with a traceback; hat reports the first one itself.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # "Terminating…"
     try:
         elastic_launch(cfg, entrypoint)(*args)
     except ChildFailedError as exc:
