@@ -26,19 +26,7 @@ def _round_to_grid(
     return q, q.clamp(quant_min, quant_max)
 
 
-class _MaskedStraightThrough(torch.autograd.Function):
-    """Backward shared by the fake quantizations below: the gradient where the saved
-    mask is true, zero elsewhere."""
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * inside, None, None, None
-
-
-class _PerTensorFakeQuantize(_MaskedStraightThrough):
+class _PerTensorFakeQuantize(torch.autograd.Function):
     """``torch.fake_quantize_per_tensor_affine`` with zero point 0, bit for bit, in
     vectorised elementwise ops: torch's fused CPU kernel is scalar and ~4x slower, and
     activations are fake-quantized at every layer. Straight-through gradient inside the
@@ -57,13 +45,40 @@ class _PerTensorFakeQuantize(_MaskedStraightThrough):
             ctx.save_for_backward(q == clamped)
         return clamped.mul_(scale)
 
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        # where, not grad * inside: the product would first copy the mask into floats.
+        return torch.where(inside, grad, 0.0), None, None, None
 
-class _ClampFakeQuantize(_MaskedStraightThrough):
-    """``FQ(clamp(z, low, high))`` (ReLU: high ``None``; ReLU6: 0, 6) with one saved mask.
+
+def _first_rounding_above(reciprocal: torch.Tensor, quant_max: int) -> float:
+    """The least float32 ``z > 0`` with ``round(z * reciprocal) > quant_max``, computed with
+    the elementwise arithmetic the forward uses (``z * reciprocal`` is monotone in ``z``,
+    so the values that stay on the grid are exactly those below it)."""
+    guess = ((quant_max + 0.5) / reciprocal).reshape(1)
+    window = 8
+    while True:
+        bits = guess.view(torch.int32) + torch.arange(-window, window + 1, dtype=torch.int32)
+        candidates = bits.view(torch.float32)  # consecutive floats: positive, so ordered
+        above = torch.mul(candidates, reciprocal).round_() > quant_max
+        if not bool(above[0]) and bool(above[-1]):
+            return float(candidates[int(above.to(torch.uint8).argmax())])
+        window *= 4
+
+
+class _ClampFakeQuantize(torch.autograd.Function):
+    """``FQ(clamp(z, 0, high))`` (ReLU: high ``None``; ReLU6: 6) in the passes of a
+    fake quantization alone.
 
     Values and gradients are those of the activation followed by the fake quantization,
-    bit for bit, but autograd keeps one byte per element (ReLU's backward would keep its
-    whole float output). The observer sees the activated values, as it would unfused.
+    bit for bit, and the observer sees the activated range. Both maps are monotone, so
+    the clamp folds into the integer clamp (``round(clamp(z, 0, 6) / s)`` is
+    ``round(z / s)`` clamped to ``[0, round(6 / s)]``), the observed range is the
+    clamped range of ``z``, and the gradient mask is one interval of ``z``: autograd
+    keeps ``z`` (as ReLU6's own backward does) and no mask is built in the forward.
     """
 
     @staticmethod
@@ -71,20 +86,29 @@ class _ClampFakeQuantize(_MaskedStraightThrough):
         ctx: torch.autograd.function.FunctionCtx,
         z: torch.Tensor,
         fq: FakeQuantize,
-        low: float,
         high: float | None,
     ) -> torch.Tensor:
-        a = z.clamp(low, high)
-        scale = fq.observe(a)
-        q, clamped = _round_to_grid(a, scale, fq.quant_min, fq.quant_max)
+        scale = fq.observe_clamped(z, 0.0, high)
+        reciprocal = torch.reciprocal(scale)
+        top = fq.quant_max
+        if high is not None:
+            top = min(top, int(torch.mul(torch.tensor(high), reciprocal).round_()))
+        out = torch.mul(z, reciprocal).round_().clamp_(max(0, fq.quant_min), top)
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
-            # The activation's gradient mask (strict, as relu's and hardtanh's) and the
-            # fake quantization's.
-            inside = (q == clamped).logical_and_(z > low)
-            if high is not None:
-                inside.logical_and_(z < high)
-            ctx.save_for_backward(inside)
-        return clamped.mul_(scale)
+            ctx.save_for_backward(z, reciprocal)
+            ctx.high, ctx.quant_max = high, fq.quant_max  # type: ignore[attr-defined]
+        return out.mul_(scale)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        z, reciprocal = ctx.saved_tensors  # type: ignore[attr-defined]
+        # Inside: 0 < z (the activation's strict kink), z < high, and z on the grid.
+        upper = _first_rounding_above(reciprocal.cpu(), ctx.quant_max)  # type: ignore[attr-defined]
+        if ctx.high is not None:  # type: ignore[attr-defined]
+            upper = min(upper, ctx.high)  # type: ignore[attr-defined]
+        return torch.ops.aten.hardtanh_backward(grad, z, 0.0, upper), None, None
 
 
 class FakeQuantize(nn.Module):
@@ -133,22 +157,38 @@ class FakeQuantize(nn.Module):
     def disable_observer(self) -> FakeQuantize:
         return self.enable_observer(False)
 
+    def _observing(self) -> bool:
+        obs = self.activation_post_process
+        return bool(self.observer_enabled) and (self.training or not obs.initialized)
+
     def observe(self, x: torch.Tensor) -> torch.Tensor:
         """Let the observer see ``x`` (when enabled: in training, or while it has seen
         nothing); returns the scale to quantize with."""
-        obs = self.activation_post_process
-        if bool(self.observer_enabled) and (self.training or not obs.initialized):
-            obs(x)
-        return obs.calculate_qparams()[0].to(x.device)
+        if self._observing():
+            self.activation_post_process(x)
+        return self.activation_post_process.calculate_qparams()[0].to(x.device)
+
+    def observe_clamped(self, x: torch.Tensor, low: float, high: float | None) -> torch.Tensor:
+        """``observe(x.clamp(low, high))`` without building the clamped tensor: the range
+        of the clamped values is the clamped range."""
+        if self._observing() and x.numel() > 0:
+            bounds = torch.stack(torch.aminmax(x.detach())).float().clamp(low, high)
+            self.activation_post_process.observe_min_max(bounds[0], bounds[1])
+        return self.activation_post_process.calculate_qparams()[0].to(x.device)
 
     def after_activation(self, z: torch.Tensor, act: nn.Module) -> torch.Tensor:
         """``self(act(z))``, with ReLU and ReLU6 fused into the fake quantization so that
         training keeps one byte per element for both instead of ReLU's float output."""
         relu, relu6 = isinstance(act, nn.ReLU), isinstance(act, nn.ReLU6)
-        fusable = (relu or relu6) and self.ch_axis is None and bool(self.fake_quant_enabled)
+        fusable = (
+            (relu or relu6)
+            and self.ch_axis is None
+            and bool(self.fake_quant_enabled)
+            and z.dtype == torch.float32  # the threshold of the gradient mask is float32
+        )
         if not fusable:
             return self(act(z))
-        y = _ClampFakeQuantize.apply(plain(z), self, 0.0, 6.0 if relu6 else None)
+        y = _ClampFakeQuantize.apply(plain(z), self, 6.0 if relu6 else None)
         return QATTensor.wrap(y, self.activation_post_process.calculate_qparams()[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,12 @@ class _Observer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x
-        cur_min, cur_max = self._batch_min_max(x.detach().float())
+        self.observe_min_max(*self._batch_min_max(x.detach().float()))
+        return x
+
+    @torch.no_grad()
+    def observe_min_max(self, cur_min: torch.Tensor, cur_max: torch.Tensor) -> None:
+        """Update the running range with one batch's min and max."""
         if dist.is_initialized() and dist.get_world_size() > 1:
             # Every rank observes the global batch's range, so all quantize alike (and
             # as one process with the whole batch would).
@@ -65,7 +70,6 @@ class _Observer(nn.Module):
             c = self.averaging_constant
             self.min_val.add_(c * (cur_min - self.min_val))
             self.max_val.add_(c * (cur_max - self.max_val))
-        return x
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, zero_point)``: float32 scale, int32 zero point (always 0)."""

@@ -110,6 +110,33 @@ def test_activation_fused_into_fake_quantize_is_bitwise_the_unfused_pair(act) ->
         assert isinstance(a, QATTensor) and torch.equal(a.q_scale, b.q_scale)
 
 
+@pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.ReLU6()])
+@pytest.mark.parametrize("observed_max", [2.5, 6.0, 10.0])
+def test_fused_activation_at_every_boundary_of_its_gradient_mask(act, observed_max) -> None:
+    """With the scale fixed (eval), values at and one float either side of the kinks (0,
+    6), the rounding ties and the ends of the int8 range give the unfused pair's values
+    and gradients. A range beyond 6 (as a loaded checkpoint may hold) puts ReLU6's top
+    below the int8 maximum."""
+    fused, plain_fq = FakeQuantize(), FakeQuantize()
+    for fq in (fused, plain_fq):
+        fq(torch.tensor([-observed_max, observed_max]))
+        fq.eval()
+    scale = fused.scale
+    levels = torch.arange(-130.0, 131.0)
+    centres = torch.cat([levels * scale, (levels + 0.5) * scale, torch.tensor([0.0, 6.0])])
+    z = torch.cat([centres, torch.nextafter(centres, centres + 1)])
+    z = torch.cat([z, torch.nextafter(centres, centres - 1)]).requires_grad_(True)
+    z2 = z.detach().clone().requires_grad_(True)
+    weights = torch.rand(z.numel(), generator=torch.Generator().manual_seed(0))
+    a, b = fused.after_activation(z, act), plain_fq(act(z2))
+    (a * weights).sum().backward()
+    (b * weights).sum().backward()
+    assert torch.equal(a.detach(), b.detach())
+    assert torch.equal(z.grad, z2.grad)
+    inside = z.grad != 0
+    assert inside.any() and not inside.all()
+
+
 def test_fake_quantize_matches_torch_ao_fake_quantize_over_training() -> None:
     ours = FakeQuantize()
     peer = AOFakeQuantize(
