@@ -41,8 +41,9 @@ class _UnfoldScale(torch.autograd.Function):
         s: torch.Tensor,
         b: torch.Tensor | None,
     ) -> torch.Tensor:
-        s4 = s.reshape(1, -1, 1, 1)
-        y = z / s4 if b is None else torch.addcdiv(b.reshape(1, -1, 1, 1), z, s4)
+        y = z / s.reshape(1, -1, 1, 1)
+        if b is not None:
+            y.add_(b.reshape(1, -1, 1, 1))
         ctx.save_for_backward(y, s, b)
         return y
 
@@ -56,12 +57,15 @@ class _UnfoldScale(torch.autograd.Function):
         if needs[0]:
             grad_z = grad / s.reshape(1, -1, 1, 1)
         if needs[1] or needs[2]:
-            grad_sum = grad.sum(dim=(0, 2, 3))
-            if needs[1]:  # d(z/s)/ds = -(z/s)/s, with z/s = y - b
-                z_over_s = (grad * y).sum(dim=(0, 2, 3))
-                if b is not None:
-                    z_over_s = z_over_s - b * grad_sum
-                grad_s = -z_over_s / s
+            # Per channel, sum(grad * (y - b)) = sum(grad * z / s) and sum(grad), in one
+            # pass with no temporary: BN's backward reduction with mean b and unit invstd.
+            # d(z/s)/ds = -(z/s)/s.
+            mean = b.detach() if b is not None else torch.zeros_like(s)
+            _, grad_z_over_s, grad_sum = torch.ops.aten.native_batch_norm_backward(
+                grad, y, None, None, None, mean, torch.ones_like(s), True, 0.0, [False, True, True]
+            )
+            if needs[1]:
+                grad_s = -grad_z_over_s / s
             if needs[2] and b is not None:
                 grad_b = grad_sum
         return grad_z, grad_s, grad_b
