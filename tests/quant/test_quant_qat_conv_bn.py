@@ -60,10 +60,14 @@ def test_reverse_fold_matches_torch_ao_conv_bn() -> None:
     y_ours, y_peer = ours(x), peer(x)
     assert torch.allclose(y_ours, y_peer, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.weight_fake_quant.scale, peer.weight_fake_quant.scale)
-    y_ours.square().sum().backward()
-    y_peer.square().sum().backward()
-    torch.testing.assert_close(ours.conv.weight.grad, peer.weight.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(ours.bn.weight.grad, peer.bn.weight.grad, rtol=1e-4, atol=1e-5)
+    # A weighted sum, not a square: BN's backward would cancel most of the latter's
+    # gradient, leaving float32 rounding as the largest part of it.
+    weights = torch.randn(y_peer.shape, generator=torch.Generator().manual_seed(1))
+    (y_ours * weights).sum().backward()
+    (y_peer * weights).sum().backward()
+    for mine, theirs in ((ours.conv.weight, peer.weight), (ours.bn.weight, peer.bn.weight)):
+        atol = 1e-6 * theirs.grad.abs().max()
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=atol)
     # eval on a plain (unquantized) input: same function, computed in folded form
     # (torch.ao observes in eval too; ours does not, so freeze the peer's observer)
     ours.eval()
@@ -141,23 +145,3 @@ def test_absorb_mid_training_keeps_optimizer_working(mode: str) -> None:
     opt.step()
     assert not torch.equal(model.block_conv1.conv.weight, before)
     assert all(p.grad is not None for g in opt.param_groups for p in g["params"])
-
-
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_reverse_fold_division_has_autograds_values_and_gradients(with_bias: bool) -> None:
-    from hatcli.quant.nn.qat.conv_bn import _UnfoldScale
-
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(4, 5, 6, 6, generator=g, dtype=torch.float64).requires_grad_(True)
-    signs = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)  # gamma < 0 too
-    s = ((torch.rand(5, generator=g, dtype=torch.float64) + 0.5) * signs).requires_grad_(True)
-    b = torch.randn(5, generator=g, dtype=torch.float64).requires_grad_(True) if with_bias else None
-    weights = torch.randn(4, 5, 6, 6, generator=g, dtype=torch.float64)
-    ours = _UnfoldScale.apply(z, s, b)
-    ref = z / s.reshape(1, -1, 1, 1) + (b.reshape(1, -1, 1, 1) if b is not None else 0)
-    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
-    inputs = [t for t in (z, s, b) if t is not None]
-    mine = torch.autograd.grad((ours * weights).sum(), inputs)
-    theirs = torch.autograd.grad((ref * weights).sum(), inputs)
-    for a, e in zip(mine, theirs, strict=True):
-        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)

@@ -26,51 +26,6 @@ from hatcli.quant.qat_tensor import input_scale, plain
 from hatcli.quant.qconfig import QConfig
 
 
-class _UnfoldScale(torch.autograd.Function):
-    """``z / s + b`` per channel (the reverse fold's division), saving only its output.
-
-    Autograd's own division would keep ``z`` for the gradient of ``s``; BN keeps this
-    output anyway, and ``z / s`` is ``output - b``, so the gradient needs nothing more:
-    one activation less per conv-BN block in training.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        z: torch.Tensor,
-        s: torch.Tensor,
-        b: torch.Tensor | None,
-    ) -> torch.Tensor:
-        y = z / s.reshape(1, -1, 1, 1)
-        if b is not None:
-            y.add_(b.reshape(1, -1, 1, 1))
-        ctx.save_for_backward(y, s, b)
-        return y
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        y, s, b = ctx.saved_tensors  # type: ignore[attr-defined]
-        grad_z = grad_s = grad_b = None
-        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
-        if needs[0]:
-            grad_z = grad / s.reshape(1, -1, 1, 1)
-        if needs[1] or needs[2]:
-            # Per channel, sum(grad * (y - b)) = sum(grad * z / s) and sum(grad), in one
-            # pass with no temporary: BN's backward reduction with mean b and unit invstd.
-            # d(z/s)/ds = -(z/s)/s.
-            mean = b.detach() if b is not None else torch.zeros_like(s)
-            _, grad_z_over_s, grad_sum = torch.ops.aten.native_batch_norm_backward(
-                grad, y, None, None, None, mean, torch.ones_like(s), True, 0.0, [False, True, True]
-            )
-            if needs[1]:
-                grad_s = -grad_z_over_s / s
-            if needs[2] and b is not None:
-                grad_b = grad_sum
-        return grad_z, grad_s, grad_b
-
-
 def _qconfig_of(mod: nn.Module, qconfig: QConfig | None) -> QConfig:
     qconfig = qconfig if qconfig is not None else getattr(mod, "qconfig", None)
     if qconfig is None:
@@ -144,9 +99,12 @@ class Conv2d(IntegerEval):
         reverse = self.qat_mode is QATMode.WithBNReverseFold
         w = fq(conv.weight * channel_view(s, conv.weight.dim())) if reverse else fq(conv.weight)
         if bn.training:
-            if not reverse:
-                return bn(conv._conv_forward(x, w, conv.bias))
-            return bn(_UnfoldScale.apply(conv._conv_forward(x, w, None), s, conv.bias))
+            if reverse:
+                # conv(x, FQ(W * s)) / s, with the division on the weights rather than on
+                # the output: the conv is linear in each output channel's weights, and the
+                # weights are far smaller than the activations.
+                w = w / channel_view(s, w.dim())
+            return bn(conv._conv_forward(x, w, conv.bias))
         # Eval: BN with running stats is affine, computed in the folded form the integer
         # model uses (same weight integers, bias rounded to the same int32 grid).
         # float64, as the conversion computes it, so both round the bias alike
