@@ -17,20 +17,24 @@ from hatcli.quant.observer import (
 from hatcli.quant.qat_tensor import QATTensor, plain
 
 
-def _round_to_grid(
+def fake_quantize_with_mask(
     x: torch.Tensor, scale: torch.Tensor, quant_min: int, quant_max: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q, clamp(q))`` with ``q = round(x * (1 / scale))``: torch's fake-quantize kernel
-    arithmetic (float32 reciprocal, rounding half to even), before the final ``* scale``."""
+    """``(FQ(x), inside)`` outside autograd, with torch's fake-quantize kernel arithmetic
+    (``round(x * (1 / scale))`` with a float32 reciprocal, rounding half to even, times
+    ``scale``); ``inside`` marks the values that were not clamped."""
     q = torch.mul(x, torch.reciprocal(scale)).round_()
-    return q, q.clamp(quant_min, quant_max)
+    clamped = q.clamp(quant_min, quant_max)
+    inside = q == clamped
+    return clamped.mul_(scale), inside
 
 
-class _PerTensorFakeQuantize(torch.autograd.Function):
-    """``torch.fake_quantize_per_tensor_affine`` with zero point 0, bit for bit, in
-    vectorised elementwise ops: torch's fused CPU kernel is scalar and ~4x slower, and
-    activations are fake-quantized at every layer. Straight-through gradient inside the
-    range (the mask torch's kernel caches), zero outside."""
+class _GridFakeQuantize(torch.autograd.Function):
+    """``torch.fake_quantize_per_tensor_affine`` / ``per_channel_affine`` with zero point
+    0, bit for bit, in vectorised elementwise ops (``scale`` 0-d, or shaped to broadcast
+    along the channel axis): torch's fused CPU kernels are scalar and ~3-4x slower, and
+    every activation and weight is fake-quantized at every step. Straight-through
+    gradient inside the range (the mask torch's kernels cache), zero outside."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -40,10 +44,10 @@ class _PerTensorFakeQuantize(torch.autograd.Function):
         quant_min: int,
         quant_max: int,
     ) -> torch.Tensor:
-        q, clamped = _round_to_grid(x, scale, quant_min, quant_max)
+        out, inside = fake_quantize_with_mask(x, scale, quant_min, quant_max)
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
-            ctx.save_for_backward(q == clamped)
-        return clamped.mul_(scale)
+            ctx.save_for_backward(inside)
+        return out
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -197,12 +201,11 @@ class FakeQuantize(nn.Module):
             return x
         axis = self.ch_axis
         if axis is None:
-            y = _PerTensorFakeQuantize.apply(plain(x), scale, self.quant_min, self.quant_max)
+            y = _GridFakeQuantize.apply(plain(x), scale, self.quant_min, self.quant_max)
             return QATTensor.wrap(y, scale)
-        zero_point = torch.zeros_like(scale, dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(
-            x, scale, zero_point, axis, self.quant_min, self.quant_max
-        )
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        return _GridFakeQuantize.apply(x, scale.reshape(shape), self.quant_min, self.quant_max)
 
     def extra_repr(self) -> str:
         return (

@@ -89,6 +89,31 @@ def test_fake_quantize_equals_torch_kernels() -> None:
     assert torch.equal(wq, torch.fake_quantize_per_channel_affine(w, wfq.scale, zps, 0, -128, 127))
 
 
+def test_per_channel_fake_quantize_equals_torch_kernel_at_ties() -> None:
+    """Weights at, and one float either side of, every rounding tie and range end of
+    their channel's grid: values and gradients equal torch's per-channel kernel's."""
+    wfq = get_default_qat_qconfig().weight()  # type: ignore[misc]
+    g = torch.Generator().manual_seed(1)
+    channel_max = torch.rand(6, generator=g) * 3 + 0.1
+    wfq(channel_max.reshape(6, 1) * torch.tensor([-1.0, 1.0]))  # fixes each channel's scale
+    wfq.eval()
+    scale = wfq.scale
+    halves = torch.arange(-130 * 2, 130 * 2 + 1, dtype=torch.float32) / 2
+    grid = halves.reshape(1, -1) * scale.reshape(-1, 1)
+    w = torch.cat([grid, torch.nextafter(grid, grid + 1), torch.nextafter(grid, grid - 1)], 1)
+    w = w.reshape(6, -1, 1, 1).requires_grad_(True)
+    weights = torch.rand(w.shape, generator=g)
+    ours = wfq(w)
+    (ours * weights).sum().backward()
+    mine, w.grad = w.grad.clone(), None
+    zps = torch.zeros(6, dtype=torch.int32)
+    theirs = torch.fake_quantize_per_channel_affine(w, scale, zps, 0, -128, 127)
+    (theirs * weights).sum().backward()
+    assert torch.equal(ours.detach(), theirs.detach())
+    assert torch.equal(mine, w.grad)
+    assert (mine == 0).any() and (mine != 0).any()
+
+
 @pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.ReLU6(), torch.nn.Identity()])
 def test_activation_fused_into_fake_quantize_is_bitwise_the_unfused_pair(act) -> None:
     """Values, gradients and observed ranges of ``after_activation`` equal ``fq(act(z))``,

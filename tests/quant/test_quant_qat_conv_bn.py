@@ -145,3 +145,31 @@ def test_absorb_mid_training_keeps_optimizer_working(mode: str) -> None:
     opt.step()
     assert not torch.equal(model.block_conv1.conv.weight, before)
     assert all(p.grad is not None for g in opt.param_groups for p in g["params"])
+
+
+@pytest.mark.parametrize("fake_quant", [True, False])
+def test_reverse_fold_weight_equals_autograd_through_its_parts(fake_quant: bool) -> None:
+    """``FQ(W * s) / s`` by its own backward equals autograd through the product, the
+    fake quantization and the division, and observes ``W * s`` alike."""
+    from hatcli.quant.nn.qat.conv_bn import _ReverseFoldWeight
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, generator=g).requires_grad_(True)
+    signs = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0])  # negative gammas too
+    s = ((torch.rand(6, generator=g) + 0.5) * signs).requires_grad_(True)
+    fused, parts = (get_default_qat_qconfig().weight() for _ in range(2))  # type: ignore[misc]
+    for fq in (fused, parts):
+        fq.enable_fake_quant(fake_quant)
+    weights = torch.randn(w.shape, generator=g)
+    ours = _ReverseFoldWeight.apply(w, s, fused)
+    ref = parts(w * s.reshape(-1, 1, 1, 1)) / s.reshape(-1, 1, 1, 1)
+    assert torch.equal(ours, ref)
+    assert torch.equal(fused.scale, parts.scale)
+    mine = torch.autograd.grad((ours * weights).sum(), [w, s])
+    theirs = torch.autograd.grad((ref * weights).sum(), [w, s])
+    torch.testing.assert_close(mine[0], theirs[0], rtol=1e-6, atol=1e-6)
+    # d/ds is a difference of two sums (zero without fake quantization): float32
+    # rounding is relative to the size of those sums.
+    terms = (weights * w).abs().sum().detach() / s.abs().min().detach()
+    torch.testing.assert_close(mine[1], theirs[1], rtol=1e-5, atol=1e-6 * terms)
+    assert fake_quant == bool(theirs[1].abs().max() > 1e-3 * terms)

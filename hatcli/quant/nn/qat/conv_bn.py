@@ -18,12 +18,53 @@ import torch
 from torch import nn
 
 import hatcli.nn as float_nn
-from hatcli.quant.fake_quantize import fake_quantize_bias
+from hatcli.quant.fake_quantize import FakeQuantize, fake_quantize_bias, fake_quantize_with_mask
 from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias, fold_bn_into_conv_
 from hatcli.quant.nn.qat.integer_eval import IntegerEval
 from hatcli.quant.qat_mode import QATMode, get_qat_mode
 from hatcli.quant.qat_tensor import input_scale, plain
 from hatcli.quant.qconfig import QConfig
+
+
+class _ReverseFoldWeight(torch.autograd.Function):
+    """``FQ(W * s) / s`` per output channel: the weight the reverse fold convolves with.
+
+    Autograd through the product, the fake quantization and the division would keep
+    and write several weight-sized temporaries; here the backward is one masked copy
+    and two per-channel dot products (``d/dW = mask``, ``d/ds = (mask * W - out) / s``).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        w: torch.Tensor,
+        s: torch.Tensor,
+        fq: FakeQuantize,
+    ) -> torch.Tensor:
+        s_view = channel_view(s, w.dim())
+        v = w * s_view
+        scale = fq.observe(v)
+        inside = None
+        if bool(fq.fake_quant_enabled):
+            v, inside = fake_quantize_with_mask(
+                v, channel_view(scale, w.dim()), fq.quant_min, fq.quant_max
+            )
+        out = v.div_(s_view)
+        ctx.save_for_backward(w, s, out, inside)
+        return out
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        w, s, out, inside = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_w = grad if inside is None else torch.where(inside, grad, 0.0)
+        rows = (w.shape[0], -1)
+        grad_s = (
+            torch.linalg.vecdot(grad_w.reshape(rows), w.reshape(rows))
+            - torch.linalg.vecdot(grad.reshape(rows), out.reshape(rows))
+        ) / s
+        return grad_w, grad_s, None
 
 
 def _qconfig_of(mod: nn.Module, qconfig: QConfig | None) -> QConfig:
@@ -97,14 +138,13 @@ class Conv2d(IntegerEval):
         bn = self.bn
         s = bn_scale(bn)  # type: ignore[arg-type]
         reverse = self.qat_mode is QATMode.WithBNReverseFold
-        w = fq(conv.weight * channel_view(s, conv.weight.dim())) if reverse else fq(conv.weight)
         if bn.training:
-            if reverse:
-                # conv(x, FQ(W * s)) / s, with the division on the weights rather than on
-                # the output: the conv is linear in each output channel's weights, and the
-                # weights are far smaller than the activations.
-                w = w / channel_view(s, w.dim())
+            # Reverse fold: conv(x, FQ(W * s)) / s, with the division on the weights rather
+            # than on the output (the conv is linear in each output channel's weights, and
+            # weights are far smaller than activations).
+            w = _ReverseFoldWeight.apply(conv.weight, s, fq) if reverse else fq(conv.weight)
             return bn(conv._conv_forward(x, w, conv.bias))
+        w = fq(conv.weight * channel_view(s, conv.weight.dim())) if reverse else fq(conv.weight)
         # Eval: BN with running stats is affine, computed in the folded form the integer
         # model uses (same weight integers, bias rounded to the same int32 grid).
         # float64, as the conversion computes it, so both round the bias alike
