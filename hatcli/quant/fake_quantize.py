@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Callable
 
 import torch
@@ -58,19 +60,38 @@ class _GridFakeQuantize(torch.autograd.Function):
         return torch.where(inside, grad, 0.0), None, None, None
 
 
-def _first_rounding_above(reciprocal: torch.Tensor, quant_max: int) -> float:
-    """The least float32 ``z > 0`` with ``round(z * reciprocal) > quant_max``, computed with
-    the elementwise arithmetic the forward uses (``z * reciprocal`` is monotone in ``z``,
-    so the values that stay on the grid are exactly those below it)."""
-    guess = ((quant_max + 0.5) / reciprocal).reshape(1)
-    window = 8
-    while True:
-        bits = guess.view(torch.int32) + torch.arange(-window, window + 1, dtype=torch.int32)
-        candidates = bits.view(torch.float32)  # consecutive floats: positive, so ordered
-        above = torch.mul(candidates, reciprocal).round_() > quant_max
-        if not bool(above[0]) and bool(above[-1]):
-            return float(candidates[int(above.to(torch.uint8).argmax())])
-        window *= 4
+def _float32(x: float) -> float:
+    """``x`` rounded to float32 (to nearest, ties to even), as a Python float."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def _float32_step(x: float, steps: int) -> float:
+    """The float32 ``steps`` representable values above positive float32 ``x``."""
+    bits = struct.unpack("<I", struct.pack("<f", x))[0] + steps
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def _grid_index(z: float, reciprocal: float) -> int:
+    """``round(z * reciprocal)`` as float32 tensors compute it: the product of two float32
+    values is exact in a Python float, so one rounding to float32 gives the float32
+    product; ``round`` rounds half to even, as ``torch.round`` does."""
+    return round(_float32(z * reciprocal))
+
+
+def _first_rounding_above(reciprocal: float, quant_max: int) -> float:
+    """The least float32 ``z > 0`` with ``round(z * reciprocal) > quant_max`` (the product
+    is monotone in ``z``, so the values that stay on the grid are exactly those below)."""
+    z = _float32((quant_max + 0.5) / reciprocal)  # within a few floats of the answer
+    if not math.isfinite(_float32(_float32_step(z, 8) * reciprocal)):
+        return math.inf  # no float32 leaves the grid
+    while _grid_index(z, reciprocal) > quant_max:
+        z = _float32_step(z, -1)
+    while _grid_index(z, reciprocal) <= quant_max:
+        z = _float32_step(z, 1)
+    return z
 
 
 class _ClampFakeQuantize(torch.autograd.Function):
@@ -96,7 +117,7 @@ class _ClampFakeQuantize(torch.autograd.Function):
         reciprocal = torch.reciprocal(scale)
         top = fq.quant_max
         if high is not None:
-            top = min(top, int(torch.mul(torch.tensor(high), reciprocal).round_()))
+            top = min(top, _grid_index(high, float(reciprocal)))
         out = torch.mul(z, reciprocal).round_().clamp_(max(0, fq.quant_min), top)
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             ctx.save_for_backward(z, reciprocal)
@@ -109,7 +130,7 @@ class _ClampFakeQuantize(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         z, reciprocal = ctx.saved_tensors  # type: ignore[attr-defined]
         # Inside: 0 < z (the activation's strict kink), z < high, and z on the grid.
-        upper = _first_rounding_above(reciprocal.cpu(), ctx.quant_max)  # type: ignore[attr-defined]
+        upper = _first_rounding_above(float(reciprocal), ctx.quant_max)  # type: ignore[attr-defined]
         if ctx.high is not None:  # type: ignore[attr-defined]
             upper = min(upper, ctx.high)  # type: ignore[attr-defined]
         return torch.ops.aten.hardtanh_backward(grad, z, 0.0, upper), None, None

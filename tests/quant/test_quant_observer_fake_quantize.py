@@ -135,6 +135,18 @@ def test_activation_fused_into_fake_quantize_is_bitwise_the_unfused_pair(act) ->
         assert isinstance(a, QATTensor) and torch.equal(a.q_scale, b.q_scale)
 
 
+def test_the_grid_threshold_is_where_torch_rounding_leaves_the_grid() -> None:
+    from hatcli.quant.fake_quantize import _first_rounding_above
+
+    g = torch.Generator().manual_seed(0)
+    reciprocals = torch.cat([torch.rand(300, generator=g) * 100, torch.rand(300, generator=g)])
+    for r in reciprocals[reciprocals > 0]:
+        z = torch.tensor(_first_rounding_above(float(r), 127))
+        below = torch.nextafter(z, torch.tensor(0.0))
+        assert torch.mul(z, r).round() > 127 and torch.mul(below, r).round() <= 127
+    assert _first_rounding_above(1e-38, 127) == float("inf")  # nothing finite leaves
+
+
 @pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.ReLU6()])
 @pytest.mark.parametrize("observed_max", [2.5, 6.0, 10.0])
 def test_fused_activation_at_every_boundary_of_its_gradient_mask(act, observed_max) -> None:
