@@ -23,20 +23,28 @@ def fake_quantize_with_mask(
     x: torch.Tensor, scale: torch.Tensor, quant_min: int, quant_max: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(FQ(x), inside)`` outside autograd, with torch's fake-quantize kernel arithmetic
-    (``round(x * (1 / scale))`` with a float32 reciprocal, rounding half to even, times
-    ``scale``); ``inside`` marks the values that were not clamped."""
+    for float32 ``x`` (``round(x * (1 / scale))`` with a float32 reciprocal, rounding half
+    to even, times ``scale``); ``inside`` marks the values that were not clamped."""
     q = torch.mul(x, torch.reciprocal(scale)).round_()
     clamped = q.clamp(quant_min, quant_max)
     inside = q == clamped
-    return clamped.mul_(scale), inside
+    return _positive_zero_(clamped.mul_(scale)), inside
+
+
+def _positive_zero_(x: torch.Tensor) -> torch.Tensor:
+    """-0.0 becomes +0.0 (torch's kernels pass through int64, which has no -0); every
+    other value is unchanged."""
+    return x.add_(0.0)
 
 
 class _GridFakeQuantize(torch.autograd.Function):
     """``torch.fake_quantize_per_tensor_affine`` / ``per_channel_affine`` with zero point
-    0, bit for bit, in vectorised elementwise ops (``scale`` 0-d, or shaped to broadcast
-    along the channel axis): torch's fused CPU kernels are scalar and ~3-4x slower, and
-    every activation and weight is fake-quantized at every step. Straight-through
-    gradient inside the range (the mask torch's kernels cache), zero outside."""
+    0 for float32, bit for bit on finite values, in vectorised elementwise ops (``scale``
+    0-d, or shaped to broadcast along the channel axis): torch's fused CPU kernels are
+    scalar and ~3-4x slower, and every activation and weight is fake-quantized at every
+    step. Straight-through gradient inside the range (the mask torch's kernels cache),
+    zero outside. (Non-finite values stay NaN/clamped here; torch's kernels cast them
+    to int64, which sends NaN to the low end.)"""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -84,6 +92,10 @@ def _grid_index(z: float, reciprocal: float) -> int:
 def _first_rounding_above(reciprocal: float, quant_max: int) -> float:
     """The least float32 ``z > 0`` with ``round(z * reciprocal) > quant_max`` (the product
     is monotone in ``z``, so the values that stay on the grid are exactly those below)."""
+    if math.isnan(reciprocal):
+        return 0.0  # every product is NaN: nothing is on the grid
+    if reciprocal == 0.0:
+        return math.inf  # every product is 0
     z = _float32((quant_max + 0.5) / reciprocal)  # within a few floats of the answer
     if not math.isfinite(_float32(_float32_step(z, 8) * reciprocal)):
         return math.inf  # no float32 leaves the grid
@@ -99,7 +111,8 @@ class _ClampFakeQuantize(torch.autograd.Function):
     fake quantization alone.
 
     Values and gradients are those of the activation followed by the fake quantization,
-    bit for bit, and the observer sees the activated range. Both maps are monotone, so
+    bit for bit for finite ``z``, and the observer sees the activated range (the batch
+    min and max of ``z``, clamped). Both maps are monotone, so
     the clamp folds into the integer clamp (``round(clamp(z, 0, 6) / s)`` is
     ``round(z / s)`` clamped to ``[0, round(6 / s)]``), the observed range is the
     clamped range of ``z``, and the gradient mask is one interval of ``z``: autograd
@@ -116,13 +129,13 @@ class _ClampFakeQuantize(torch.autograd.Function):
         scale = fq.observe_clamped(z, 0.0, high)
         reciprocal = torch.reciprocal(scale)
         top = fq.quant_max
-        if high is not None:
+        if high is not None and math.isfinite(float(reciprocal)):
             top = min(top, _grid_index(high, float(reciprocal)))
-        out = torch.mul(z, reciprocal).round_().clamp_(max(0, fq.quant_min), top)
+        out = torch.mul(z, reciprocal).round_().clamp_(0, top)
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             ctx.save_for_backward(z, reciprocal)
             ctx.high, ctx.quant_max = high, fq.quant_max  # type: ignore[attr-defined]
-        return out.mul_(scale)
+        return _positive_zero_(out.mul_(scale))
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -137,7 +150,7 @@ class _ClampFakeQuantize(torch.autograd.Function):
 
 
 class FakeQuantize(nn.Module):
-    """Simulated int8 quantization with torch's own fake-quantize kernels.
+    """Simulated int8 quantization, bit for bit as torch's fake-quantize kernels compute it.
 
     The enabled observer updates only in training mode, except that an observer which has
     seen nothing initialises from the first batch in either mode. Rounding is torch's
@@ -194,22 +207,27 @@ class FakeQuantize(nn.Module):
         return self.activation_post_process.calculate_qparams()[0].to(x.device)
 
     def observe_clamped(self, x: torch.Tensor, low: float, high: float | None) -> torch.Tensor:
-        """``observe(x.clamp(low, high))`` without building the clamped tensor: the range
-        of the clamped values is the clamped range."""
+        """``observe(x.clamp(low, high))`` without building the clamped tensor: clamping
+        is monotone, so the batch's min and max of the clamped values are ``x``'s,
+        clamped."""
+        obs = self.activation_post_process
         if self._observing() and x.numel() > 0:
-            bounds = torch.stack(torch.aminmax(x.detach())).float().clamp(low, high)
-            self.activation_post_process.observe_min_max(bounds[0], bounds[1])
-        return self.activation_post_process.calculate_qparams()[0].to(x.device)
+            batch_min, batch_max = obs._batch_min_max(x.detach().float())
+            obs.observe_min_max(batch_min.clamp(low, high), batch_max.clamp(low, high))
+        return obs.calculate_qparams()[0].to(x.device)
 
     def after_activation(self, z: torch.Tensor, act: nn.Module) -> torch.Tensor:
-        """``self(act(z))``, with ReLU and ReLU6 fused into the fake quantization so that
-        training keeps one byte per element for both instead of ReLU's float output."""
+        """``self(act(z))``, with ReLU and ReLU6 fused into the fake quantization: the
+        passes of the fake quantization alone, and autograd keeps only ``z``."""
         relu, relu6 = isinstance(act, nn.ReLU), isinstance(act, nn.ReLU6)
         fusable = (
             (relu or relu6)
             and self.ch_axis is None
             and bool(self.fake_quant_enabled)
-            and z.dtype == torch.float32  # the threshold of the gradient mask is float32
+            and z.dtype == torch.float32  # the arithmetic the fusion reproduces
+            and self.quant_min <= 0 <= self.quant_max  # the activation's 0 is on the grid
+            # observe_clamped stands for the observer's own forward only
+            and type(self.activation_post_process).forward is _Observer.forward
         )
         if not fusable:
             return self(act(z))
@@ -221,9 +239,19 @@ class FakeQuantize(nn.Module):
         if not bool(self.fake_quant_enabled):
             return x
         axis = self.ch_axis
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
         if axis is None:
-            y = _GridFakeQuantize.apply(plain(x), scale, self.quant_min, self.quant_max)
+            if x.dtype == torch.float32:
+                y = _GridFakeQuantize.apply(plain(x), scale, self.quant_min, self.quant_max)
+            else:  # torch's kernel, which computes in float32 for every dtype
+                y = torch.fake_quantize_per_tensor_affine(
+                    plain(x), scale, zero_point, self.quant_min, self.quant_max
+                )
             return QATTensor.wrap(y, scale)
+        if x.dtype != torch.float32:
+            return torch.fake_quantize_per_channel_affine(
+                x, scale, zero_point, axis, self.quant_min, self.quant_max
+            )
         shape = [1] * x.dim()
         shape[axis] = -1
         return _GridFakeQuantize.apply(x, scale.reshape(shape), self.quant_min, self.quant_max)

@@ -21,6 +21,12 @@ from hatcli.quant import (
 from hatcli.quant.qat_tensor import QATTensor
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit: ``torch.equal`` alone would let -0.0 pass for +0.0."""
+    a, b = a.detach().contiguous(), b.detach().contiguous()
+    return a.dtype == b.dtype and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
 def _batches(n: int, shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g) * (1 + i) for i in range(n)]
@@ -70,7 +76,7 @@ def test_fake_quantize_equals_torch_kernels() -> None:
     y, wq = act(x), wfq(w)
     zp = torch.zeros((), dtype=torch.int32)
     ref = torch.fake_quantize_per_tensor_affine(x, act.scale, zp, -128, 127)
-    assert torch.equal(y, ref)
+    assert _same_bits(y, ref)
     # Values and straight-through gradients on a large tensor, many of them at or next to
     # rounding ties and range ends, with a scale whose reciprocal is inexact.
     act.eval()
@@ -83,10 +89,11 @@ def test_fake_quantize_equals_torch_kernels() -> None:
     big.grad = None
     theirs = torch.fake_quantize_per_tensor_affine(big, act.scale, zp, -128, 127)
     (theirs * torch.arange(big.numel())).sum().backward()
-    assert torch.equal(ours.detach(), theirs.detach()) and torch.equal(mine, big.grad)
+    # Gradients: equal values (torch's ``grad * mask`` leaves -0.0 where ``where`` gives 0).
+    assert _same_bits(ours, theirs) and torch.equal(mine, big.grad)
     assert isinstance(y, QATTensor) and torch.equal(y.q_scale, act.scale)
     zps = torch.zeros(6, dtype=torch.int32)
-    assert torch.equal(wq, torch.fake_quantize_per_channel_affine(w, wfq.scale, zps, 0, -128, 127))
+    assert _same_bits(wq, torch.fake_quantize_per_channel_affine(w, wfq.scale, zps, 0, -128, 127))
 
 
 def test_per_channel_fake_quantize_equals_torch_kernel_at_ties() -> None:
@@ -109,7 +116,7 @@ def test_per_channel_fake_quantize_equals_torch_kernel_at_ties() -> None:
     zps = torch.zeros(6, dtype=torch.int32)
     theirs = torch.fake_quantize_per_channel_affine(w, scale, zps, 0, -128, 127)
     (theirs * weights).sum().backward()
-    assert torch.equal(ours.detach(), theirs.detach())
+    assert _same_bits(ours, theirs)
     assert torch.equal(mine, w.grad)
     assert (mine == 0).any() and (mine != 0).any()
 
@@ -129,7 +136,7 @@ def test_activation_fused_into_fake_quantize_is_bitwise_the_unfused_pair(act) ->
         b = plain_fq(act(z2))
         (a * weights).sum().backward()
         (b * weights).sum().backward()
-        assert torch.equal(a.detach(), b.detach()), step
+        assert _same_bits(a, b), step
         assert torch.equal(z.grad, z2.grad), step
         assert torch.equal(fused.scale, plain_fq.scale)
         assert isinstance(a, QATTensor) and torch.equal(a.q_scale, b.q_scale)
@@ -168,10 +175,51 @@ def test_fused_activation_at_every_boundary_of_its_gradient_mask(act, observed_m
     a, b = fused.after_activation(z, act), plain_fq(act(z2))
     (a * weights).sum().backward()
     (b * weights).sum().backward()
-    assert torch.equal(a.detach(), b.detach())
+    assert _same_bits(a, b)
     assert torch.equal(z.grad, z2.grad)
     inside = z.grad != 0
     assert inside.any() and not inside.all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_fake_quantization_is_torchs_kernel(dtype: torch.dtype) -> None:
+    """Below float32 the fake quantization is torch's own kernel (which computes in
+    float32), per tensor and per channel, and keeps the dtype."""
+    qc = get_default_qat_qconfig()
+    act, wfq = qc.activation(), qc.weight()  # type: ignore[misc]
+    x = (torch.randn(4, 3, 5, 5) * 3).to(dtype)
+    w = torch.randn(6, 3, 3, 3).to(dtype)
+    y, wq = act(x), wfq(w)
+    assert y.dtype == dtype and wq.dtype == dtype
+    zp = torch.zeros((), dtype=torch.int32)
+    assert torch.equal(y, torch.fake_quantize_per_tensor_affine(x, act.scale, zp, -128, 127))
+    zps = torch.zeros(6, dtype=torch.int32)
+    ref = torch.fake_quantize_per_channel_affine(w, wfq.scale, zps, 0, -128, 127)
+    assert torch.equal(wq, ref)
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.ReLU6()])
+def test_fused_activation_survives_non_finite_activations(act) -> None:
+    """An inf or NaN in training (a diverging run) gives what the unfused pair gives for
+    the finite values and never an exception from the fused arithmetic."""
+    for bad in (float("inf"), float("nan")):
+        fq = FakeQuantize()
+        z = torch.tensor([0.5, -1.0, 2.0, bad]).requires_grad_(True)
+        out = fq.after_activation(z, act)
+        out.sum().backward()
+        assert out.shape == z.shape and z.grad is not None
+
+
+def test_an_unsigned_range_is_not_fused() -> None:
+    """With 0 off the grid (``quant_min > 0``) the pair runs unfused, as written."""
+    fused, plain_fq = FakeQuantize(), FakeQuantize()
+    for fq in (fused, plain_fq):
+        fq.quant_min, fq.quant_max = 1, 127
+    z = torch.linspace(-1, 3, 401).requires_grad_(True)
+    z2 = z.detach().clone().requires_grad_(True)
+    fused.after_activation(z, torch.nn.ReLU()).sum().backward()
+    plain_fq(torch.relu(z2)).sum().backward()
+    assert torch.equal(z.grad, z2.grad)
 
 
 def test_fake_quantize_matches_torch_ao_fake_quantize_over_training() -> None:

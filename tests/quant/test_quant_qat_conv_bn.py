@@ -173,3 +173,15 @@ def test_reverse_fold_weight_equals_autograd_through_its_parts(fake_quant: bool)
     terms = (weights * w).abs().sum().detach() / s.abs().min().detach()
     torch.testing.assert_close(mine[1], theirs[1], rtol=1e-5, atol=1e-6 * terms)
     assert fake_quant == bool(theirs[1].abs().max() > 1e-3 * terms)
+
+
+@pytest.mark.parametrize("mode", ["fuse_bn", "with_bn", "with_bn_reverse_fold"])
+def test_a_bfloat16_block_trains_in_bfloat16(mode: str) -> None:
+    from hatcli.nn import ConvBNReLU2d
+
+    set_qat_mode(mode)
+    block = ConvBNReLU2d(3, 4, 3, padding=1)
+    m = qat.ConvBNReLU2d.from_float(block, get_default_qat_qconfig()).to(torch.bfloat16)
+    y = m.train()(torch.randn(2, 3, 5, 5, dtype=torch.bfloat16))
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and m.conv.weight.grad.dtype == torch.bfloat16

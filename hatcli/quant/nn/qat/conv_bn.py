@@ -59,12 +59,14 @@ class _ReverseFoldWeight(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         w, s, out, inside = ctx.saved_tensors  # type: ignore[attr-defined]
         grad_w = grad if inside is None else torch.where(inside, grad, 0.0)
-        rows = (w.shape[0], -1)
-        grad_s = (
-            torch.linalg.vecdot(grad_w.reshape(rows), w.reshape(rows))
-            - torch.linalg.vecdot(grad.reshape(rows), out.reshape(rows))
-        ) / s
-        return grad_w, grad_s, None
+        grad_s = None
+        if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]
+            rows = (w.shape[0], -1)
+            grad_s = (
+                torch.linalg.vecdot(grad_w.reshape(rows), w.reshape(rows))
+                - torch.linalg.vecdot(grad.reshape(rows), out.reshape(rows))
+            ) / s
+        return grad_w if ctx.needs_input_grad[0] else None, grad_s, None  # type: ignore[attr-defined]
 
 
 def _qconfig_of(mod: nn.Module, qconfig: QConfig | None) -> QConfig:
@@ -142,7 +144,13 @@ class Conv2d(IntegerEval):
             # Reverse fold: conv(x, FQ(W * s)) / s, with the division on the weights rather
             # than on the output (the conv is linear in each output channel's weights, and
             # weights are far smaller than activations).
-            w = _ReverseFoldWeight.apply(conv.weight, s, fq) if reverse else fq(conv.weight)
+            if not reverse:
+                w = fq(conv.weight)
+            elif conv.weight.dtype == torch.float32 and fq.ch_axis in (0, None):
+                w = _ReverseFoldWeight.apply(conv.weight, s, fq)
+            else:
+                s_view = channel_view(s, conv.weight.dim())
+                w = fq(conv.weight * s_view) / s_view
             return bn(conv._conv_forward(x, w, conv.bias))
         w = fq(conv.weight * channel_view(s, conv.weight.dim())) if reverse else fq(conv.weight)
         # Eval: BN with running stats is affine, computed in the folded form the integer
