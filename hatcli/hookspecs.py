@@ -7,7 +7,8 @@ Every registration hook receives a ``register`` callable::
 ``name`` is what a spec writes as ``type:``; ``factory`` is called with the
 component's parameters from the spec as keyword arguments; ``schema`` is the JSON
 Schema (Draft 2020-12) of those parameters, used by ``hat validate``; ``help`` is a
-one-line description shown by ``hat plugins``.
+one-line description shown by ``hat plugins``. A component whose name is not a string or
+whose schema is not a valid JSON Schema object is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -67,4 +68,8 @@ def hat_register_losses(register: Any) -> None:
 
 @hookspec
 def hat_register_commands(app: Any) -> None:
-    """Add sub-commands to the ``hat`` Typer ``app``."""
+    """Add commands (``app.command``) or groups (``app.add_typer``) to the ``hat`` Typer ``app``.
+
+    A command or group named like a built-in command, or like one an earlier plugin
+    added, is skipped with a warning; so is everything the plugin added when this raises.
+    """

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+import typer
+import typer.main
+from jsonschema import Draft202012Validator, SchemaError
+from typer.models import CommandInfo, TyperInfo
 
 from hatcli import hookspecs
 from hatcli.errors import PluginError
@@ -67,6 +71,16 @@ def _wanted(names: str | None) -> set[str] | None:
     return {n.strip() for n in names.split(",") if n.strip()}
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line, whatever the message's line breaks."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {'; '.join(lines)}" if lines else type(exc).__name__
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, PluginLoadWarning, stacklevel=3)
+
+
 def load_plugins() -> None:
     """Import every plugin of the ``hat`` entry point group, once.
 
@@ -78,7 +92,17 @@ def load_plugins() -> None:
         return
     _loaded = True
     wanted = _wanted(os.environ.get(LOAD_PLUGINS_ENV))
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    if wanted:
+        names = {ep.name for ep in entry_points}
+        known = names | {ep.dist.name for ep in entry_points if ep.dist is not None}
+        installed = ", ".join(sorted(names)) or "none"
+        for unknown in sorted(wanted - known):
+            _warn(
+                f"{LOAD_PLUGINS_ENV} names {unknown!r}, which is not an installed plugin; "
+                f"installed: {installed}"
+            )
+    for ep in entry_points:
         dist = ep.dist.name if ep.dist is not None else None
         if wanted is not None and ep.name not in wanted and dist not in wanted:
             continue
@@ -87,14 +111,21 @@ def load_plugins() -> None:
         try:
             module = ep.load()
         except Exception as exc:  # a broken third-party plugin must not break hat
-            warnings.warn(
+            _warn(
                 f"plugin {ep.name!r} ({ep.value}) failed to import and was skipped: "
-                f"{type(exc).__name__}: {exc}",
-                PluginLoadWarning,
-                stacklevel=2,
+                f"{_describe(exc)}"
             )
             continue
-        pm.register(module, name=ep.name)
+        try:
+            pm.register(module, name=ep.name)
+        except Exception as exc:  # e.g. a hook whose arguments are not the hookspec's
+            if pm.get_plugin(ep.name) is module:  # pluggy < 1.7 registers before validating
+                pm.unregister(name=ep.name)
+            _warn(
+                f"plugin {ep.name!r} ({ep.value}) could not be registered and was skipped: "
+                f"{_describe(exc)}"
+            )
+            continue
         version = ep.dist.version if ep.dist is not None else None
         _infos[ep.name] = PluginInfo(ep.name, dist, version)
 
@@ -112,6 +143,19 @@ def unregister_plugin(name: str) -> None:
     pm.unregister(name=name)
     _infos.pop(name, None)
     _components = None
+
+
+def _schema_problem(schema: object) -> str | None:
+    """Why ``schema`` cannot be a component's parameter schema; None when it can."""
+    if not isinstance(schema, dict):
+        return f"a JSON Schema object (dict) is needed, not {type(schema).__name__}"
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return f"{exc.json_path}: {exc.message}"
+    except Exception as exc:  # values JSON does not have can make the check itself fail
+        return _describe(exc)
+    return None
 
 
 def _collect() -> dict[str, dict[str, Component]]:
@@ -135,6 +179,19 @@ def _collect() -> dict[str, dict[str, Component]]:
                 _plugin: str = plugin_name,
                 _given: dict[str, Component] = given,
             ) -> None:
+                if not isinstance(name, str) or not name:
+                    _warn(
+                        f"plugin {_plugin!r} gave a {_kind[:-1]} the name {name!r}, which is "
+                        "not a non-empty string; it was skipped"
+                    )
+                    return
+                problem = None if schema is None else _schema_problem(schema)
+                if problem is not None:
+                    _warn(
+                        f"plugin {_plugin!r} gave {_kind[:-1]} {name!r} an invalid schema "
+                        f"and it was skipped: {problem}"
+                    )
+                    return
                 existing = collected[_kind].get(name) or _given.get(name)
                 if existing is not None:
                     raise PluginError(
@@ -149,11 +206,9 @@ def _collect() -> dict[str, dict[str, Component]]:
             except PluginError:
                 raise
             except Exception as exc:  # a broken plugin must not break hat: drop all it gave
-                warnings.warn(
+                _warn(
                     f"plugin {plugin_name!r} failed in hat_register_{kind} and its {kind} "
-                    f"were skipped: {type(exc).__name__}: {exc}",
-                    PluginLoadWarning,
-                    stacklevel=2,
+                    f"were skipped: {_describe(exc)}"
                 )
                 continue
             collected[kind].update(given)
@@ -181,3 +236,92 @@ def plugin_infos() -> list[PluginInfo]:
     for kind in KINDS:
         components(kind)
     return sorted(_infos.values(), key=lambda info: info.name)
+
+
+def _command_names(commands: list[CommandInfo], groups: list[TyperInfo]) -> set[str]:
+    """The names ``hat NAME`` answers to for these commands and groups, as typer works
+    them out: a command's name defaults to its function's (``_`` as ``-``), a group
+    without a name adds its own commands. Raises when typer cannot build one of them."""
+    probe = typer.Typer()
+    probe.registered_commands = list(commands)
+    probe.registered_groups = list(groups)
+    return set(typer.main.get_group(probe).commands)
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Let each plugin add its commands to ``app``, one plugin at a time.
+
+    A plugin whose ``hat_register_commands`` raises adds nothing. A command or group
+    that typer cannot build, or whose name a built-in command or an earlier plugin
+    already has, is skipped. Each case warns naming the plugin; the rest go on.
+    """
+    impls = pm.hook.hat_register_commands.get_hookimpls()
+    if not impls:
+        return
+    built_in = _command_names(app.registered_commands, app.registered_groups)
+    owners: dict[str, str | None] = dict.fromkeys(built_in)  # None: a built-in command
+    for impl in impls:
+        plugin_name = impl.plugin_name
+        commands, groups = list(app.registered_commands), list(app.registered_groups)
+        callback = app.registered_callback
+        try:
+            impl.function(**{arg: app for arg in impl.argnames})
+            old = {id(info) for info in [*commands, *groups]}
+            added: list[CommandInfo | TyperInfo] = [
+                info
+                for info in [*app.registered_commands, *app.registered_groups]
+                if id(info) not in old
+            ]
+        except Exception as exc:  # a broken plugin must not break hat: drop all it added
+            app.registered_callback = callback
+            _warn(
+                f"plugin {plugin_name!r} failed in hat_register_commands and its commands "
+                f"were skipped: {_describe(exc)}"
+            )
+            added = []
+        # Start again from the list before the plugin ran, so that what it removed or
+        # replaced comes back, and add what it gave one by one after the checks.
+        app.registered_commands, app.registered_groups = commands, groups
+        for info in added:
+            _add_command(app, info, plugin_name, owners)
+
+
+def _add_command(
+    app: typer.Typer,
+    info: CommandInfo | TyperInfo,
+    plugin_name: str,
+    owners: dict[str, str | None],
+) -> None:
+    what = "command group" if isinstance(info, TyperInfo) else "command"
+    try:
+        if isinstance(info, TyperInfo):
+            names = _command_names([], [info])
+        else:
+            names = _command_names([info], [])
+    except Exception as exc:
+        _warn(
+            f"plugin {plugin_name!r} gave a {what} typer cannot build; it was skipped: "
+            f"{_describe(exc)}"
+        )
+        return
+    for name in sorted(names):
+        if name not in owners:
+            continue
+        owner = owners[name]
+        if owner is None:
+            _warn(
+                f"plugin {plugin_name!r} adds a {what} {name!r}, the name of a built-in "
+                f"command; the plugin's {what} was skipped"
+            )
+        else:
+            _warn(
+                f"plugin {plugin_name!r} adds a {what} {name!r}, which plugin {owner!r} "
+                f"already added; the one of {plugin_name!r} was skipped (uninstall one or "
+                f"limit loading with {LOAD_PLUGINS_ENV})"
+            )
+        return
+    if isinstance(info, TyperInfo):
+        app.registered_groups.append(info)
+    else:
+        app.registered_commands.append(info)
+    owners.update(dict.fromkeys(names, plugin_name))
