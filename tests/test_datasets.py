@@ -92,6 +92,18 @@ def test_image_folder_corrupt_image_is_named(tmp_path: Path) -> None:
         dataset[6]
 
 
+def test_image_over_the_pixel_limit_is_refused_not_warned(tmp_path: Path, monkeypatch) -> None:
+    root = make_image_folder(tmp_path / "pets")  # 5x7 = 35 pixels each
+    dataset = ImageFolder(str(root))
+    assert dataset.source == str(root)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30)  # Pillow warns up to 60, then raises
+    with pytest.raises(DataError, match=r"cannot read image .*0\.png: .*decompression bomb"):
+        dataset[0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(DataError, match=r"cannot read image .*0\.png: .*decompression bomb"):
+        dataset[0]
+
+
 @pytest.fixture
 def npz_file(tmp_path: Path) -> Path:
     path = tmp_path / "arrays.npz"
@@ -136,6 +148,75 @@ def test_npz_arrays_errors(npz_file: Path, tmp_path: Path) -> None:
         np.save(f, np.zeros(3))
     with pytest.raises(ValueError, match=r"single\.npz holds a single array"):
         npz_arrays(str(single))
+
+
+def _npz(tmp_path: Path, inputs: np.ndarray, targets: np.ndarray) -> str:
+    path = tmp_path / "data.npz"
+    np.savez(path, inputs=inputs, targets=targets)
+    return str(path)
+
+
+def test_npz_arrays_names_its_file_as_source(npz_file: Path) -> None:
+    dataset = npz_arrays(str(npz_file), inputs_key="x", targets_key="y")
+    assert dataset.source == str(npz_file)
+
+
+def test_npz_whole_number_float_targets_are_accepted(tmp_path: Path) -> None:
+    dataset = npz_arrays(_npz(tmp_path, np.zeros((3, 2)), np.array([0.0, 2.0, 1.0])))
+    assert dataset.tensors[1].dtype == torch.int64
+    assert dataset.tensors[1].tolist() == [0, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("targets", "fragment"),
+    [
+        (np.array([0.0, 2.7, 1.0]), r"targets holds 2\.7 \(sample 1\); targets are class indices"),
+        (np.array([0.0, np.nan, 1.0]), r"targets holds nan \(sample 1\)"),
+        (np.array([0.0, 1.0, np.inf]), r"targets holds inf \(sample 2\)"),
+        (np.array([1e19, 1.0, 0.0]), r"targets holds 1e\+19 \(sample 0\)"),
+        (np.array([True, False, True]), "targets holds booleans; targets are class indices"),
+        (np.array([1 + 0j, 2, 0]), "targets holds complex numbers"),
+        (np.array(["cat", "dog", "cat"]), "targets holds text"),
+        (np.array([2**63, 0, 1], dtype=np.uint64), "too large for a class index"),
+    ],
+    ids=["fraction", "nan", "inf", "beyond-int64", "bool", "complex", "text", "uint64"],
+)
+def test_npz_targets_that_are_not_class_indices_are_refused(
+    tmp_path: Path, targets: np.ndarray, fragment: str
+) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        npz_arrays(_npz(tmp_path, np.zeros((3, 2)), targets))
+
+
+@pytest.mark.parametrize(
+    ("inputs", "scale", "fragment"),
+    [
+        (
+            np.array([[0.0, 1.0], [np.nan, 2.0], [np.nan, 0.0]]),
+            1.0,
+            r"2 non-finite values .* sample 1",
+        ),
+        (np.array([[0.0, 1.0], [0.0, 2.0], [-np.inf, 0.0]]), 1.0, r"NaN or infinite as float32\)"),
+        (np.array([[0.0, 1.0], [0.0, 1e39], [0.0, 0.0]]), 1.0, r"1 non-finite values .* sample 1"),
+        (np.ones((3, 2), dtype=np.float32) * 1e30, 1e10, r"as float32 times scale 1e\+10\)"),
+        (np.ones((3, 2), dtype=np.complex64), 1.0, "inputs holds complex numbers, not numbers"),
+        (np.array([["a", "b"], ["c", "d"], ["e", "f"]]), 1.0, "inputs holds text, not numbers"),
+    ],
+    ids=["nan", "inf", "float32-overflow", "scale-overflow", "complex", "text"],
+)
+def test_npz_inputs_that_are_not_finite_numbers_are_refused(
+    tmp_path: Path, inputs: np.ndarray, scale: float, fragment: str
+) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        npz_arrays(_npz(tmp_path, inputs, np.zeros(3, dtype=np.int64)), scale=scale)
+
+
+def test_npz_object_and_scalar_arrays_are_refused(tmp_path: Path) -> None:
+    objects = np.array([{"a": 1}, None, 3], dtype=object)
+    with pytest.raises(ValueError, match=r"inputs holds Python objects .* does not load"):
+        npz_arrays(_npz(tmp_path, objects, np.zeros(3, dtype=np.int64)))
+    with pytest.raises(ValueError, match="targets is a single value, not an array of samples"):
+        npz_arrays(_npz(tmp_path, np.zeros((3, 2)), np.array(1)))
 
 
 def _rows(dataset: torch.utils.data.TensorDataset) -> Counter[bytes]:

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from hatcli.engine.context import LoopContext
+from hatcli.engine.data_checks import all_finite, checked_forward, data_name, named_batches
 from hatcli.engine.interrupt import GracefulInterrupt, Interrupted
 from hatcli.engine.sampler import EpochSampler
-from hatcli.errors import RunError
+from hatcli.errors import DataError, RunError
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -45,9 +46,9 @@ class Trainer:
         skip = ctx.step_in_epoch  # resumed mid-epoch: these batches were trained before
         if isinstance(sampler, EpochSampler):
             sampler.set_epoch(ctx.epoch, start=skip * (loader.batch_size or 1))
-            batches = enumerate(loader, start=skip)
+            batches = enumerate(named_batches(loader, "train"), start=skip)
         else:
-            batches = ((i, b) for i, b in enumerate(loader) if i >= skip)
+            batches = ((i, b) for i, b in enumerate(named_batches(loader, "train")) if i >= skip)
         self.begin_epoch(ctx)
         self.emit("on_epoch_begin", ctx)
         for index, batch in batches:
@@ -75,10 +76,14 @@ class Trainer:
         inputs, targets = batch
         assert ctx.optimizer is not None
         ctx.optimizer.zero_grad(set_to_none=True)
-        outputs = (ctx.forward_model or ctx.model)(inputs)
-        loss = ctx.loss_fn(outputs, targets)
+        data = data_name(ctx.data_loaders.get("train"), "train")
+        when = f"epoch {ctx.epoch}, step {ctx.global_step + 1}"
+        model = ctx.forward_model or ctx.model
+        _, loss = checked_forward(model, ctx.loss_fn, inputs, targets, data, when, ctx.model)
         value = loss.item()
         if not math.isfinite(value):
+            if not all_finite(inputs):
+                raise DataError(f"{data} has non-finite inputs in this batch ({when})")
             raise RunError(
                 f"loss became {value} at epoch {ctx.epoch}, step {ctx.global_step + 1}; "
                 "nothing was saved for this step (try a lower learning rate)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hatcli.engine.distributed import all_reduce_sum
@@ -55,7 +57,7 @@ class TopKAccuracy(Metric):
         self.total += int(targets.shape[0])
 
     def compute(self) -> dict[str, float]:
-        return {self.name: self.correct / max(self.total, 1)}
+        return {self.name: self.correct / self.total if self.total else math.nan}
 
     def names(self) -> list[str]:
         return [self.name]
@@ -78,7 +80,7 @@ class MeanLoss(Metric):
         self.count += int(targets.shape[0])
 
     def compute(self) -> dict[str, float]:
-        return {"loss": self.total_loss / max(self.count, 1)}
+        return {"loss": self.total_loss / self.count if self.count else math.nan}
 
     def names(self) -> list[str]:
         return ["loss"]

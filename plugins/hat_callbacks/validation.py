@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import warnings
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
 
@@ -10,8 +13,9 @@ from hatcli import plugins
 from hatcli.engine.build import split_node
 from hatcli.engine.callback import Callback
 from hatcli.engine.context import LoopContext
+from hatcli.engine.data_checks import all_finite, checked_forward, data_name, named_batches
 from hatcli.engine.metric import MeanLoss, Metric, TopKAccuracy
-from hatcli.errors import InputError
+from hatcli.errors import DataError, InputError
 
 
 class Validation(Callback):
@@ -29,7 +33,8 @@ class Validation(Callback):
         self.every = every
         self.interval_by = interval_by
         self.at_end = at_end
-        self.metrics: list[Metric] = [TopKAccuracy(1), MeanLoss(), *(metrics or [])]
+        self.mean_loss = MeanLoss()
+        self.metrics: list[Metric] = [TopKAccuracy(1), self.mean_loss, *(metrics or [])]
 
     def metric_names(self) -> list[str]:
         return [name for metric in self.metrics for name in metric.names()]
@@ -39,6 +44,18 @@ class Validation(Callback):
             known = ", ".join(sorted(ctx.data_loaders)) or "none"
             raise InputError(
                 f"Validation: no data loader {self.split!r} in this stage (it has: {known})"
+            )
+        loader = ctx.data_loaders[self.split]
+        samples = len(cast(Sized, loader.dataset))
+        data = data_name(loader, self.split)
+        if samples == 0:
+            raise InputError(f"Validation: {data} has no samples to evaluate")
+        # Without padding each process takes every world_size-th sample; the first most.
+        per_process = -(-samples // ctx.world_size)
+        if loader.drop_last and loader.batch_size and per_process < loader.batch_size:
+            raise InputError(
+                f"Validation: {data} gives no batch ({samples} samples, fewer than "
+                f"batch_size {loader.batch_size}, with drop_last)"
             )
 
     def on_step_end(self, ctx: LoopContext) -> None:
@@ -59,16 +76,29 @@ class Validation(Callback):
         ctx.model.eval()
         for metric in self.metrics:
             metric.reset()
-        for inputs, targets in ctx.data_loaders[self.split]:
+        loader = ctx.data_loaders[self.split]
+        data = data_name(loader, self.split)
+        for index, (inputs, targets) in enumerate(named_batches(loader, self.split)):
             inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
-            outputs = ctx.model(inputs)
-            loss = ctx.loss_fn(outputs, targets)
+            when = f"batch {index + 1} of the validation after step {ctx.global_step}"
+            outputs, loss = checked_forward(ctx.model, ctx.loss_fn, inputs, targets, data, when)
+            if not math.isfinite(float(loss)) and not all_finite(inputs):
+                raise DataError(f"{data} has non-finite inputs in this batch ({when})")
             for metric in self.metrics:
                 metric.update(outputs, targets, loss)
         results: dict[str, float] = {}
         for metric in self.metrics:
             metric.reduce_over_processes()
             results.update(metric.compute())
+        if self.mean_loss.count == 0:  # check() saw samples; e.g. a dataset that shrank
+            raise DataError(f"{data} gave no samples to evaluate")
+        if not math.isfinite(results["loss"]) and ctx.is_main:
+            warnings.warn(
+                f"{self.split}: the validation loss is {results['loss']} at epoch {ctx.epoch}, "
+                f"step {ctx.global_step} (non-finite model outputs on finite inputs)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         ctx.model.train(was_training)
         ctx.metrics = results
         ctx.metrics_step = ctx.global_step

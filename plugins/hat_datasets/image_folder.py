@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         folder = Path(root)
         if not folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {folder}")
+        self.source = str(folder)  # named in messages about this data
         self.classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if not self.classes:
             raise ValueError(f"{folder} has no class sub-folders")
@@ -55,12 +57,21 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, target = self.samples[index]
         try:
-            with Image.open(path) as image:
-                image = image.convert(self.mode)
-                if self.size is not None and image.size != (self.size[1], self.size[0]):
-                    image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
-                array = np.asarray(image, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
+            with warnings.catch_warnings():
+                # Pillow only warns between its pixel limit and twice that; refuse both.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image = image.convert(self.mode)
+                    if self.size is not None and image.size != (self.size[1], self.size[0]):
+                        size = (self.size[1], self.size[0])
+                        image = image.resize(size, Image.Resampling.BILINEAR)
+                    array = np.asarray(image, dtype=np.float32) / 255.0
+        except (
+            UnidentifiedImageError,
+            OSError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from None
         if self.size is None:
             # Without image_size every image must have the first one's size.

@@ -9,7 +9,9 @@ from torch import nn
 
 from hatcli.engine import distributed
 from hatcli.engine.context import LoopContext
+from hatcli.engine.data_checks import all_finite, data_name, input_problem
 from hatcli.engine.loop import Trainer
+from hatcli.errors import DataError
 from hatcli.quant import FakeQuantize
 
 
@@ -48,5 +50,15 @@ class Calibrator(Trainer):
     @torch.no_grad()
     def step(self, ctx: LoopContext, batch: Any) -> None:
         inputs, targets = batch
-        ctx.model(inputs)
+        data = data_name(ctx.data_loaders.get("train"), "train")
+        when = f"epoch {ctx.epoch}, step {ctx.global_step + 1}"
+        if not all_finite(inputs):  # observers would take NaN into their ranges for good
+            raise DataError(f"{data} has non-finite inputs in this batch ({when})")
+        try:
+            ctx.model(inputs)
+        except RuntimeError as exc:
+            problem = input_problem(exc, inputs, ctx.model)
+            if problem is None:
+                raise
+            raise DataError(f"{data} {problem} ({when})") from None
         ctx.batch_size = int(targets.shape[0])
