@@ -21,6 +21,7 @@ from hatcli import plugins
 from hatcli.engine.distributed import lost_a_peer
 from hatcli.engine.interrupt import Interrupted
 from hatcli.engine.launch import LAUNCHED_BY_HAT, Launch, run_workers
+from hatcli.engine.work_dir_lock import locked_stages
 from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError, one_line
 
 app = typer.Typer(
@@ -82,6 +83,9 @@ def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
         _fail([f"error: {exc}"], 1)
     except KeyboardInterrupt:
         _fail(["interrupted"], 130)
+    except SystemExit as exc:
+        # Raised by user code (a model, a dataset, a plugin): the stage did not finish.
+        _fail([f"run failed: the run called sys.exit({exc.code!r}) before it finished"], 1)
     except Exception as exc:
         if verbose:
             traceback.print_exc()
@@ -120,9 +124,15 @@ def _launch_or_run(launch: Launch, command: str, kwargs: dict[str, Any]) -> None
     from hatcli.spec.spec import load_spec
 
     # Spec problems are reported here, all of them, before any worker starts.
-    _guard(lambda: load_spec(kwargs["spec"], work_dir=kwargs["work_dir"]))
-    code = _guard(lambda: run_workers(launch, worker_main, command, kwargs))
-    raise typer.Exit(code)
+    loaded = _guard(lambda: load_spec(kwargs["spec"], work_dir=kwargs["work_dir"]))
+    stage = kwargs["stage"]
+    stages = loaded.stage_names if stage == "all" else [stage]
+
+    def launch_locked() -> int:
+        with locked_stages(loaded.work_dir, [s for s in stages if s in loaded.stage_names]):
+            return run_workers(launch, worker_main, command, kwargs)
+
+    raise typer.Exit(_guard(launch_locked))
 
 
 def worker_main(command: str, kwargs: dict[str, Any]) -> None:
@@ -279,6 +289,9 @@ def export(
         ),
     ] = None,
     work_dir: WorkDirOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output file (never an input).")
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Export a trained stage's model (ONNX, QDQ int8 when quantized; or TorchScript) and
@@ -292,7 +305,7 @@ def export(
     if stage not in loaded.stage_names:
         known = ", ".join(loaded.stage_names)
         _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
-    result = _guard(lambda: export_stage(loaded, stage, fmt, output), verbose)
+    result = _guard(lambda: export_stage(loaded, stage, fmt, output, force=force), verbose)
     for line in result.lines():
         err.print(line, markup=False)
 
@@ -338,7 +351,7 @@ def main() -> None:
     warnings.formatwarning = _format_warning  # type: ignore[assignment]
     try:
         plugins.load_plugins()
-        plugins.pm.hook.hat_register_commands(app=app)
+        plugins.register_commands(app)
     except PluginError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(2)

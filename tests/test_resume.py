@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import textwrap
 from pathlib import Path
@@ -35,6 +36,20 @@ KILL_PLUGIN = textwrap.dedent("""
             return _real_replace(src, dst)
 
         os.replace = _replace
+
+    if _env("HAT_TEST_SIGNAL_IN_VALIDATION"):
+        # SIGTERM while the Nth validation batch of the run is evaluated.
+        from hat_callbacks import validation
+
+        _real_forward, _batches = validation.checked_forward, [0]
+
+        def _checked_forward(*args, **kwargs):
+            _batches[0] += 1
+            if _batches[0] == _env("HAT_TEST_SIGNAL_IN_VALIDATION"):
+                os.kill(os.getpid(), signal.SIGTERM)
+            return _real_forward(*args, **kwargs)
+
+        validation.checked_forward = _checked_forward
 
     class KillSwitch(Callback):
         def on_step_end(self, ctx):
@@ -136,6 +151,11 @@ def assert_same_final_state(reference: Path, resumed: Path) -> None:
     assert a["best"] == b["best"] and a["metrics"] == b["metrics"]
 
 
+def log_records(work_dir: Path) -> list[tuple[str, int, float | None]]:
+    lines = (work_dir / "float" / "metrics.jsonl").read_text().splitlines()
+    return [(r["event"], r["step"], r.get("loss")) for r in map(json.loads, lines)]
+
+
 @pytest.fixture(scope="module")
 def float_reference(hat_cli, plugin_env, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("float_reference")
@@ -169,7 +189,9 @@ def test_float_stage_killed_and_resumed_is_bit_exact(
 ) -> None:
     resumed = kill_and_resume(hat_cli, plugin_env, tmp_path, FLOAT_STAGE, "float", **kill)
     assert_same_final_state(float_reference / "float-checkpoint-last.pth.tar", resumed)
-    assert not list(tmp_path.glob(".*.tmp"))  # a temp file left by the kill is cleaned up
+    assert not list(tmp_path.glob(".*.hat-tmp"))  # a temp file left by the kill is cleaned up
+    # The resumed run's log continues the killed one's: no half line, no step twice.
+    assert log_records(tmp_path) == log_records(float_reference)
 
 
 @pytest.mark.parametrize(
@@ -231,6 +253,40 @@ def test_sigterm_saves_the_step_and_exits_143_then_resume_is_exact(
         float_reference / "float-checkpoint-last.pth.tar",
         tmp_path / "float-checkpoint-last.pth.tar",
     )
+
+
+@pytest.mark.slow
+def test_sigterm_during_validation_stops_it_and_resume_runs_it_first(
+    hat_cli, plugin_env, tmp_path: Path
+) -> None:
+    header = HEADER.replace("split: val, batch_size: 512", "split: val, batch_size: 32")
+    reference, folder = tmp_path / "reference", tmp_path / "stopped"
+    for work in (reference, folder):
+        work.mkdir()
+        (work / "spec.yaml").write_text(header + FLOAT_STAGE)
+
+    def train(work: Path, **extra: str):
+        return run(hat_cli, plugin_env, "train", work / "spec.yaml", "--stage", "float",
+                   "--work-dir", work, **extra)  # fmt: skip
+
+    assert train(reference).returncode == 0
+    # 12 batches a validation: the 15th is the 3rd of the one after epoch 2 (step 90).
+    stopped = train(folder, HAT_TEST_SIGNAL_IN_VALIDATION="15")
+    assert stopped.returncode == 143, stopped.stderr
+    assert "stopped by SIGTERM after step 90" in stopped.stderr
+    last = torch.load(folder / "float-checkpoint-last.pth.tar", weights_only=True)
+    assert last["global_step"] == 90 and not last["finished"]
+    assert {"owed": True} in last["callbacks"].values()  # the stopped validation
+    assert [step for event, step, _ in log_records(folder) if event == "val"] == [45]
+    resumed = run(hat_cli, plugin_env, "resume", folder / "spec.yaml", "--stage", "float",
+                  "--work-dir", folder)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    for which in ("last", "best"):
+        assert_same_final_state(
+            reference / f"float-checkpoint-{which}.pth.tar",
+            folder / f"float-checkpoint-{which}.pth.tar",
+        )
+    assert log_records(folder) == log_records(reference)
 
 
 def test_second_sigint_stops_at_once_without_damage(hat_cli, plugin_env, tmp_path: Path) -> None:
@@ -369,7 +425,8 @@ def test_the_three_resume_uses_of_the_seed(float_reference: Path, tmp_path: Path
     full = context("    resume_optimizer: true\n    resume_epoch_or_step: true\n")
     assert (full.epoch, full.global_step, full.step_in_epoch) == (2, 130, 40)
     assert full.lr == pytest.approx(saved["optimizer"]["param_groups"][0]["lr"])
-    assert full.callbacks[-3].best == saved["best"]["value"]  # Checkpoint keeps its best
+    (checkpoint,) = [cb for cb in full.callbacks if type(cb).__name__ == "Checkpoint"]
+    assert checkpoint.best == saved["best"]["value"]  # Checkpoint keeps its best
 
     finetune = context("    resume_optimizer: true\n    resume_epoch_or_step: false\n")
     assert (finetune.epoch, finetune.global_step, finetune.step_in_epoch) == (0, 0, 0)

@@ -17,6 +17,12 @@ class Callback:
 
     order: int = 5
 
+    @property
+    def state_key(self) -> str:
+        """Names this callback's saved state in a checkpoint (as in Lightning); hat adds
+        ``#2``, ``#3`` for repeats. Override it when two instances must differ by more."""
+        return type(self).__name__
+
     def on_loop_begin(self, ctx: LoopContext) -> None: ...
 
     def on_epoch_begin(self, ctx: LoopContext) -> None: ...

@@ -5,14 +5,20 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hatcli.errors import CheckpointError
+from hatcli.errors import CheckpointError, RunError
+
+# mkstemp adds 8 characters from this alphabet; no other program names files this way.
+TEMP_SUFFIX = ".hat-tmp"
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
 
 
 def _umask() -> int:
@@ -22,10 +28,19 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path``: temp file in the same folder, fsync, rename, fsync the folder."""
+    """Write ``data`` to ``path``: temp file in the same folder, fsync, rename, fsync the folder.
+
+    A failure (a full disk, a read-only folder) leaves ``path`` as it was and raises a
+    ``RunError`` that names it.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent
+        )
+    except OSError as exc:
+        raise RunError(f"cannot write {target}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -33,8 +48,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RunError(
+                f"cannot write {target}: {exc.strerror or exc}; the file that was there is intact"
+            ) from None
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
@@ -43,10 +62,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def remove_stale_temp_files(folder: str | Path) -> None:
-    """Temp files left by a process killed mid-write (their targets are intact)."""
-    for stale in Path(folder).glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+def is_temp_file_of(name: str, targets: Iterable[str] | re.Pattern[str]) -> bool:
+    """Whether ``name`` is a temp file ``atomic_write_bytes`` made for one of ``targets``
+    (file names, or a pattern a target name fully matches)."""
+    match = _TEMP_NAME.fullmatch(name)
+    if match is None:
+        return False
+    target = match.group("target")
+    if isinstance(targets, re.Pattern):
+        return targets.fullmatch(target) is not None
+    return target in set(targets)
+
+
+def remove_stale_temp_files(folder: str | Path, targets: Iterable[str] | re.Pattern[str]) -> None:
+    """Temp files left by a hat process killed while writing one of ``targets`` in
+    ``folder`` (the targets themselves are intact). Nothing else is touched."""
+    directory = Path(folder)
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if is_temp_file_of(entry.name, targets) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
 
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -65,7 +101,7 @@ def verify_integrity(file: Path) -> None:
     try:
         with zipfile.ZipFile(file) as archive:
             damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except Exception:  # zipfile raises many kinds (NotImplementedError for a bad method field)
         raise CheckpointError(f"{file}: corrupt or truncated checkpoint") from None
     if damaged is not None:
         raise CheckpointError(f"{file}: corrupt checkpoint (checksum mismatch in {damaged})")
@@ -105,6 +141,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
     ):
         raise CheckpointError(f"{file}: 'state_dict' is not a mapping of names to tensors")
-    if not isinstance(state.get("meta", {}), dict):
-        raise CheckpointError(f"{file}: 'meta' is not a mapping")
+    problem = _field_problem(state)
+    if problem is not None:
+        raise CheckpointError(f"{file}: damaged or crafted checkpoint: {problem}")
     return state
+
+
+def _is_count(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _field_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the fields hat reads from a checkpoint, or ``None``."""
+    for key in ("epoch", "global_step", "step_in_epoch", "log_offset"):
+        if key in state and not _is_count(state[key]):
+            return f"{key!r} is {state[key]!r}, not a count"
+    if "finished" in state and not isinstance(state["finished"], bool):
+        return f"'finished' is {state['finished']!r}, not true or false"
+    for key in ("optimizer", "lr_scheduler"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            return f"{key!r} is not a mapping"
+    for key in ("callbacks", "rng", "metrics"):
+        if key in state and not isinstance(state[key], dict):
+            return f"{key!r} is not a mapping"
+    metrics = state.get("metrics", {})
+    if not all(isinstance(k, str) and isinstance(v, int | float) for k, v in metrics.items()):
+        return "'metrics' is not a mapping of names to numbers"
+    absorbed = state.get("absorbed_bn", [])
+    if not isinstance(absorbed, list) or not all(isinstance(n, str) for n in absorbed):
+        return "'absorbed_bn' is not a list of names"
+    meta = state.get("meta", {})
+    if not isinstance(meta, dict):
+        return "'meta' is not a mapping"
+    for key in ("stage", "qat_mode", "spec_name", "optimizer_class"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            return f"meta {key!r} is {meta[key]!r}, not a name"
+    if "world_size" in meta and not _is_count(meta["world_size"], 1):
+        return f"meta 'world_size' is {meta['world_size']!r}, not a number of processes"
+    return None

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hatcli.engine.callback import Callback
+from hatcli.errors import RunError
 
 
 @dataclass
@@ -46,6 +47,7 @@ class LoopContext:
     forward_model: nn.Module | None = None
     on_model_changed: Callable[[], None] | None = None
     absorbed_bn: list[str] = field(default_factory=list)
+    stop_requested: Callable[[], bool] = field(default=lambda: False)
 
     @property
     def is_main(self) -> bool:
@@ -55,6 +57,10 @@ class LoopContext:
     @property
     def stage_dir(self) -> Path:
         return self.work_dir / self.stage
+
+    @property
+    def log_path(self) -> Path:
+        return self.stage_dir / "metrics.jsonl"
 
     @property
     def trains(self) -> bool:
@@ -82,7 +88,10 @@ class LoopContext:
         """Append one line to ``{work_dir}/{stage}/metrics.jsonl`` (main process only)."""
         if not self.is_main:
             return
-        self.stage_dir.mkdir(parents=True, exist_ok=True)
         line = {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, **record}
-        with (self.stage_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+        try:
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+        except OSError as exc:
+            raise RunError(f"cannot write {self.log_path}: {exc.strerror or exc}") from None

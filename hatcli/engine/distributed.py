@@ -71,6 +71,21 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+def min_over_processes(value: int) -> int:
+    if not is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true in any rank (all ranks take the same branch after it)."""
+    if not is_initialized():
+        return flag
+    return all_reduce_sum([float(flag)])[0] > 0
+
+
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Every ``BatchNorm2d`` becomes a ``SyncBatchNorm2d`` that keeps its ``qconfig``.
 

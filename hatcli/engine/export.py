@@ -115,7 +115,7 @@ def stage_checkpoint(spec: Spec, stage: StageSpec) -> Path | None:
     if ``best`` is not written or not there yet); ``None`` without such a callback."""
     for cb, folder in checkpoint_callbacks(spec, stage.name):
         paths = [
-            folder / f"{cb.name_prefix}checkpoint-{which}.pth.tar"
+            folder / cb.file_name(stage.name, which)
             for which, wanted in (("best", cb.save_best), ("last", cb.save_last))
             if wanted
         ]
@@ -146,10 +146,70 @@ def _model_kind(model: nn.Module) -> str:
     return "float"
 
 
-def export_stage(spec: Spec, stage: str, fmt: str, output: Path | None = None) -> ExportResult:
-    """Export ``stage``'s model (weights from its convert pipeline) and check the file."""
+def _named_paths(node: Any) -> list[Path]:
+    """Every string in a spec node that names an existing file or folder."""
+    if isinstance(node, dict):
+        return [p for value in node.values() for p in _named_paths(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _named_paths(value)]
+    if isinstance(node, str) and node and "\n" not in node and len(node) < 4096:
+        try:
+            return [Path(node)] if Path(node).exists() else []
+        except OSError:
+            return []
+    return []
+
+
+def protected_paths(spec: Spec) -> tuple[set[Path], set[Path]]:
+    """``(files, folders)`` an export must never replace: the spec, what it reads, and
+    what hat wrote for its stages (checkpoints, logs)."""
+    files = {spec.path.resolve()}
+    folders = {(spec.work_dir / name).resolve() for name in spec.stage_names}
+    for path in _named_paths(spec.data):
+        (folders if path.is_dir() else files).add(path.resolve())
+    folders.discard(spec.work_dir.resolve())  # exports go there by default
+    for name in spec.stage_names:
+        for cb, folder in checkpoint_callbacks(spec, name):
+            files.update((folder / cb.file_name(name, w)).resolve() for w in ("last", "best"))
+            if folder.is_dir():
+                files.update(p.resolve() for p in cb.interval_files(folder, name))
+    return files, folders
+
+
+def check_output(spec: Spec, path: Path, force: bool) -> None:
+    """Refuse an output that would replace an input or hat's own files, or any existing
+    file without ``force``."""
+    target = path.resolve()
+    files, folders = protected_paths(spec)
+    if target in files or target.name.endswith(".pth.tar"):
+        raise InputError(
+            f"--output {path}: refusing to write over a file this spec reads or hat's own "
+            "checkpoint; choose another path"
+        )
+    inside = next((f for f in folders if target.is_relative_to(f)), None)
+    if inside is not None:
+        raise InputError(
+            f"--output {path}: refusing to write inside {inside}, which this spec reads or "
+            "where hat keeps a stage's records; choose another path"
+        )
+    if target.is_dir():
+        raise InputError(f"--output {path} is a folder; give a file path")
+    if target.exists() and not force:
+        raise InputError(f"--output {path} exists; pass --force to replace it")
+
+
+def export_stage(
+    spec: Spec, stage: str, fmt: str, output: Path | None = None, *, force: bool = False
+) -> ExportResult:
+    """Export ``stage``'s model (weights from its convert pipeline) and check the file.
+
+    The file is written atomically; an ``output`` that exists is replaced only with
+    ``force``, and never when it is the spec, a file it reads, or a checkpoint."""
     if fmt not in FORMATS:
         raise InputError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    # The default path is hat's own file in work_dir: a new export replaces the last one.
+    path = Path(output) if output is not None else default_path(spec.work_dir, stage, fmt)
+    check_output(spec, path, force or output is None)
     if fmt.startswith("onnx"):
         require_onnx()
     stage_spec = spec.stage(stage)
@@ -162,7 +222,6 @@ def export_stage(spec: Spec, stage: str, fmt: str, output: Path | None = None) -
     if not batches:
         raise InputError(f"the {stage!r} stage's 'val' data gives no batch to export with")
     example = batches[0][0][: min(2, len(batches[0][0]))]
-    path = Path(output) if output is not None else default_path(spec.work_dir, stage, fmt)
     result = ExportResult(stage, fmt, path, _model_kind(model), weights=source)
     with torch.no_grad():
         if fmt == "torchscript":

@@ -32,10 +32,13 @@ class Trainer:
     needs_optimizer = True
 
     def fit(self, ctx: LoopContext) -> None:
-        self.emit("on_loop_begin", ctx)
         with GracefulInterrupt() as interrupt:
+            # Long work inside an event (a validation) polls this to stop early.
+            ctx.stop_requested = lambda: interrupt.signum is not None
+            self.emit("on_loop_begin", ctx)
             while ctx.trains and not self.done(ctx):
                 self.run_epoch(ctx, interrupt)
+        ctx.stop_requested = lambda: False
         ctx.finished = True
         self.end_loop(ctx)
         self.emit("on_loop_end", ctx)
@@ -58,9 +61,7 @@ class Trainer:
             ctx.step_in_epoch = index + 1
             self.after_step(ctx)
             self.emit("on_step_end", ctx)
-            if interrupt.signum is not None:
-                self.emit("on_interrupt", ctx)
-                raise Interrupted(interrupt.signum, ctx.global_step)
+            self.stop_if_signalled(ctx, interrupt)
             if ctx.num_steps and ctx.global_step >= ctx.num_steps:
                 break
         if ctx.step_in_epoch >= len(loader):
@@ -68,6 +69,13 @@ class Trainer:
             ctx.epoch += 1
             ctx.step_in_epoch = 0
         self.emit("on_epoch_end", ctx)
+        self.stop_if_signalled(ctx, interrupt)
+
+    def stop_if_signalled(self, ctx: LoopContext, interrupt: GracefulInterrupt) -> None:
+        """After an event: on a signal, let callbacks save (``on_interrupt``), then stop."""
+        if interrupt.signum is not None:
+            self.emit("on_interrupt", ctx)
+            raise Interrupted(interrupt.signum, ctx.global_step)
 
     def begin_epoch(self, ctx: LoopContext) -> None:
         ctx.model.train()

@@ -48,10 +48,10 @@ def candidates(spec: Spec, stage_name: str) -> list[Path]:
     """The stage's checkpoints, preferred first: last, interval ones (newest first), best."""
     found: list[Path] = []
     for callback, folder in checkpoint_callbacks(spec, stage_name):
-        found.append(folder / f"{callback.name_prefix}checkpoint-last.pth.tar")
+        found.append(folder / callback.file_name(stage_name, "last"))
         if folder.is_dir():
-            found += callback.interval_files(folder)
-        found.append(folder / f"{callback.name_prefix}checkpoint-best.pth.tar")
+            found += callback.interval_files(folder, stage_name)
+        found.append(folder / callback.file_name(stage_name, "best"))
     return found
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -20,12 +22,14 @@ from hatcli.engine.callback import Callback
 from hatcli.engine.checkpoint_io import atomic_write_bytes
 from hatcli.engine.context import LoopContext
 from hatcli.engine.convert import ConvertContext
+from hatcli.engine.launch import LAUNCHED_BY_HAT
 from hatcli.engine.load_weights import load_weights
 from hatcli.engine.progress import ProgressReporter
 from hatcli.engine.resume import ResumePoint
 from hatcli.engine.sampler import EpochSampler
 from hatcli.engine.state import restore_training_state
-from hatcli.engine.training_log import TrainingLog
+from hatcli.engine.training_log import TrainingLog, truncate_log
+from hatcli.engine.work_dir_lock import locked_stages
 from hatcli.errors import InputError
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.spec.spec import Spec, StageSpec
@@ -112,10 +116,13 @@ def build_data_loader(
 
 
 def _build_callbacks(spec: Spec, stage: StageSpec) -> list[Callback]:
-    callbacks = [
+    return [
         build_component("callbacks", node, stage.where("callbacks", i), spec.positions)
         for i, node in enumerate(stage.get("callbacks") or [])
     ]
+
+
+def _in_order(callbacks: list[Callback]) -> list[Callback]:
     return sorted(callbacks, key=lambda cb: getattr(cb, "order", 5))
 
 
@@ -221,7 +228,7 @@ def build_context(
             spec, stage, ctx.optimizer, ctx.total_steps
         )
     callbacks = _build_callbacks(spec, stage)
-    ctx.callbacks = [*callbacks, TrainingLog(), ProgressReporter(quiet=quiet)]
+    ctx.callbacks = _in_order([*callbacks, TrainingLog(), ProgressReporter(quiet=quiet)])
     for callback in ctx.callbacks:
         check = getattr(callback, "check", None)
         if check is not None:
@@ -250,10 +257,27 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
+def _run_lock(spec: Spec, stage_name: str) -> contextlib.AbstractContextManager[None]:
+    """The work_dir lock of this run; under ``hat train --nproc`` the launcher holds it."""
+    if os.environ.get(LAUNCHED_BY_HAT) or os.environ.get("LOCAL_RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return locked_stages(spec.work_dir, [stage_name])
+
+
 def run_stage(
     spec: Spec, stage_name: str, *, quiet: bool = True, resume: ResumePoint | None = None
 ) -> dict[str, Any]:
-    """Run one stage to its end (or continue it from ``resume``); write ``summary.json``."""
+    """Run one stage to its end (or continue it from ``resume``); write ``summary.json``.
+
+    The stage's work_dir lock is held throughout: a second run of it fails at once.
+    """
+    with _run_lock(spec, stage_name):
+        return _run_stage(spec, stage_name, quiet=quiet, resume=resume)
+
+
+def _run_stage(
+    spec: Spec, stage_name: str, *, quiet: bool, resume: ResumePoint | None
+) -> dict[str, Any]:
     stage = spec.stage(stage_name)
     trainer = build_component(
         "trainers", stage.get("trainer", "Trainer"), stage.where("trainer"), spec.positions
@@ -273,8 +297,11 @@ def run_stage(
         except InputError as exc:
             raise located(spec.positions, stage.where("trainer"), str(exc)) from None
     ctx = build_context(spec, stage_name, quiet=quiet, resume=resume, trainer=trainer)
-    if resume is None and not stage_resumes(stage) and ctx.is_main:
-        (ctx.stage_dir / "metrics.jsonl").unlink(missing_ok=True)  # a new run, a new log
+    if ctx.is_main and resume is not None:
+        saved = resume.checkpoint
+        truncate_log(ctx.log_path, saved.get("log_offset"), int(saved.get("global_step", 0)))
+    elif ctx.is_main and not stage_resumes(stage):
+        ctx.log_path.unlink(missing_ok=True)  # a new run, a new log
     started = time.perf_counter()
     trainer.fit(ctx)
     summary = {

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import platform
 import random
+import re
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import torch
 
+from hatcli.engine.callback import Callback
 from hatcli.engine.context import LoopContext
 from hatcli.errors import CheckpointError
 
@@ -56,6 +59,41 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
 
 
+def _keyed(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
+    """Each callback with the key of its saved state: its ``state_key`` (the class name
+    by default), with ``#2``, ``#3`` for the second and third of one key. Adding or
+    removing another callback in the spec leaves every key as it was."""
+    seen: Counter[str] = Counter()
+    keyed = []
+    for callback in callbacks:
+        name = str(getattr(callback, "state_key", None) or type(callback).__name__)
+        seen[name] += 1
+        keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", callback))
+    return keyed
+
+
+def _saved_state(saved: dict[str, Any], key: str) -> Any:
+    """The state saved under ``key``, also from checkpoints of hat 0.1, whose keys were
+    ``INDEX:ClassName`` (the n-th such key for ``ClassName#n``)."""
+    if key in saved:
+        return saved[key]
+    name, _, nth = key.partition("#")
+    legacy = sorted(
+        (int(match.group(1)), k)
+        for k in saved
+        if (match := re.fullmatch(r"(\d+):" + re.escape(name), str(k)))
+    )
+    index = int(nth or 1) - 1
+    return saved[legacy[index][1]] if index < len(legacy) else None
+
+
+def log_size(ctx: LoopContext) -> int:
+    try:
+        return ctx.log_path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
     """Everything needed to continue ``ctx`` exactly; loadable with ``weights_only=True``."""
     return {
@@ -69,10 +107,8 @@ def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
         "finished": ctx.finished,
         "absorbed_bn": list(ctx.absorbed_bn),
         "rng": rng_state(),
-        "callbacks": {
-            f"{index}:{type(cb).__name__}": cb.state_dict()
-            for index, cb in enumerate(ctx.callbacks)
-        },
+        "callbacks": {key: cb.state_dict() for key, cb in _keyed(ctx.callbacks)},
+        "log_offset": log_size(ctx),
         "meta": {
             "format_version": FORMAT_VERSION,
             "hat_version": _hat_version(),
@@ -121,9 +157,17 @@ def restore_training_state(
     ctx.metrics = dict(checkpoint.get("metrics", {}))
     ctx.absorbed_bn = list(checkpoint.get("absorbed_bn", []))
     saved = checkpoint.get("callbacks", {})
-    for index, callback in enumerate(ctx.callbacks):
-        key = f"{index}:{type(callback).__name__}"
-        if key in saved:
-            callback.load_state_dict(saved[key])
-    if "rng" in checkpoint:
-        set_rng_state(checkpoint["rng"])
+    try:
+        for key, callback in _keyed(ctx.callbacks):
+            state = _saved_state(saved, key)
+            if state is not None:
+                callback.load_state_dict(state)
+        if "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: damaged or crafted checkpoint: {exc}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{source}: damaged or crafted checkpoint: its training state does not load "
+            f"({type(exc).__name__}: {exc})"
+        ) from None

@@ -137,6 +137,43 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
     return problems
 
 
+def _checkpoint_clashes(data: dict[str, Any], positions: Positions) -> list[Problem]:
+    """Two ``Checkpoint`` callbacks (in one stage or two) that would write the same files."""
+    problems: list[Problem] = []
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        return problems
+    writers: dict[tuple[str, str], str] = {}
+    for stage_name, stage in stages.items():
+        callbacks = stage.get("callbacks") if isinstance(stage, dict) else None
+        for index, node in enumerate(callbacks if isinstance(callbacks, list) else []):
+            name = node.get("type") if isinstance(node, dict) else node
+            if name != "Checkpoint":
+                continue
+            params = node if isinstance(node, dict) else {}
+            prefix = params.get("name_prefix", f"{stage_name}-")
+            folder = params.get("save_dir", "{work_dir}")
+            if not isinstance(prefix, str) or not isinstance(folder, str):
+                continue
+            key = (
+                folder.replace("{stage}", str(stage_name)).rstrip("/") or "/",
+                prefix.replace("{stage}", str(stage_name)),
+            )
+            where: JsonPath = ("stages", stage_name, "callbacks", index)
+            if key in writers:
+                problems.append(
+                    positions.problem(
+                        where,
+                        f"this Checkpoint writes the same files as the one in {writers[key]} "
+                        f"({key[1]}checkpoint-*.pth.tar in {key[0]}); give each its own "
+                        "name_prefix or save_dir",
+                    )
+                )
+            else:
+                writers[key] = f"stage {stage_name!r}"
+    return problems
+
+
 def _trainer_of(stage: dict[str, Any]) -> Any:
     node = stage.get("trainer", "Trainer")
     name = node.get("type") if isinstance(node, dict) else node
@@ -146,7 +183,11 @@ def _trainer_of(stage: dict[str, Any]) -> Any:
 
 def validate(data: dict[str, Any], positions: Positions) -> list[Problem]:
     """Every problem in a loaded spec, or an empty list."""
-    problems = _schema_problems(data, positions) + _stage_problems(data, positions)
+    problems = [
+        *_schema_problems(data, positions),
+        *_stage_problems(data, positions),
+        *_checkpoint_clashes(data, positions),
+    ]
     # A mistake inside an anchor shows up at every alias; report it once, at its place.
     unique: dict[tuple[int, int, str], Problem] = {}
     for problem in sorted(set(problems), key=lambda p: (p.line, p.column, len(p.path))):

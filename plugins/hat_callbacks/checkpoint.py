@@ -12,21 +12,25 @@ from hatcli.engine.callback import Callback
 from hatcli.engine.checkpoint_io import remove_stale_temp_files, save_checkpoint
 from hatcli.engine.context import LoopContext
 from hatcli.engine.state import checkpoint_state
-from hatcli.errors import InputError
+from hatcli.errors import CheckpointError, InputError
 
 
 class Checkpoint(Callback):
-    """Saves ``last`` at every interval, on a signal and at the end; ``best`` when the
-    monitored metric improves; with ``max_keep``, also the newest interval checkpoints
-    (``{name_prefix}checkpoint-step-N.pth.tar`` or ``-epoch-N``), which ``hat resume``
-    falls back to if ``last`` is damaged."""
+    """Saves ``last`` at every interval, on a signal and at the end; ``best`` when a
+    validation result improves the monitored metric; with ``max_keep``, also the newest
+    interval checkpoints (``{name_prefix}checkpoint-step-N.pth.tar`` or ``-epoch-N``),
+    which ``hat resume`` falls back to if ``last`` is damaged.
+
+    ``name_prefix`` defaults to ``"{stage}-"`` (HAT's configs write exactly that), so
+    the stages of one spec never overwrite each other's files.
+    """
 
     order = 10
 
     def __init__(
         self,
         save_dir: str | None = None,
-        name_prefix: str = "",
+        name_prefix: str | None = None,
         monitor_metric_key: str | None = None,
         mode: str = "max",
         save_interval: int = 1,
@@ -47,13 +51,29 @@ class Checkpoint(Callback):
         self.max_keep = max_keep
         self.strict_match = strict_match
         self.best: float | None = None
-        self._best_checked_step: int | None = None
+        self._judged_metrics_step: int | None = None
+
+    def prefix(self, stage: str) -> str:
+        return f"{stage}-" if self.name_prefix is None else self.name_prefix
 
     def folder(self, ctx: LoopContext) -> Path:
         return self.save_dir or ctx.work_dir
 
+    def file_name(self, stage: str, which: str) -> str:
+        return f"{self.prefix(stage)}checkpoint-{which}.pth.tar"
+
     def path(self, ctx: LoopContext, which: str) -> Path:
-        return self.folder(ctx) / f"{self.name_prefix}checkpoint-{which}.pth.tar"
+        return self.folder(ctx) / self.file_name(ctx.stage, which)
+
+    def _interval_pattern(self, stage: str) -> re.Pattern[str]:
+        return re.compile(
+            re.escape(self.prefix(stage)) + r"checkpoint-(step|epoch)-(\d+)\.pth\.tar"
+        )
+
+    def _written_names(self, stage: str) -> re.Pattern[str]:
+        """Every file name this callback writes in ``stage``."""
+        prefix = re.escape(self.prefix(stage))
+        return re.compile(prefix + r"checkpoint-(last|best|step-\d+|epoch-\d+)\.pth\.tar")
 
     def check(self, ctx: LoopContext) -> None:
         if self.monitor is None:
@@ -69,71 +89,79 @@ class Checkpoint(Callback):
             raise InputError(f"Checkpoint: no metric {self.monitor!r}{hint}")
 
     def on_loop_begin(self, ctx: LoopContext) -> None:
-        if self.folder(ctx).is_dir():
-            remove_stale_temp_files(self.folder(ctx))
+        if ctx.is_main:
+            remove_stale_temp_files(self.folder(ctx), self._written_names(ctx.stage))
+        self._save(ctx)  # a validation a resumed run owed may have arrived
 
     def on_step_end(self, ctx: LoopContext) -> None:
-        if self.interval_by == "step" and ctx.global_step % self.save_interval == 0:
-            self.save(ctx, interval=f"step-{ctx.global_step}")
+        due = self.interval_by == "step" and ctx.global_step % self.save_interval == 0
+        self._save(ctx, interval=f"step-{ctx.global_step}" if due else None, last=due)
 
     def on_epoch_end(self, ctx: LoopContext) -> None:
         finished = ctx.step_in_epoch == 0
-        if self.interval_by == "epoch" and finished and ctx.epoch % self.save_interval == 0:
-            self.save(ctx, interval=f"epoch-{ctx.epoch}")
+        due = self.interval_by == "epoch" and finished and ctx.epoch % self.save_interval == 0
+        self._save(ctx, interval=f"epoch-{ctx.epoch}" if due else None, last=due)
 
     def on_interrupt(self, ctx: LoopContext) -> None:
-        self.save(ctx)
+        self._save(ctx, last=True)
 
     def on_loop_end(self, ctx: LoopContext) -> None:
-        self.save(ctx)  # also marks the stage finished in 'last'
+        self._save(ctx, last=True)  # also marks the stage finished in 'last'
 
-    def _improved(self, ctx: LoopContext) -> bool:
-        if self.monitor is None:
-            return True
-        if ctx.metrics_step != ctx.global_step or self.monitor not in ctx.metrics:
+    def _judge_new_result(self, ctx: LoopContext) -> bool:
+        """Compare a validation result that arrived since the last event; whether it is
+        the best so far. Each result is judged once, whenever it arrives."""
+        if ctx.metrics_step is None or ctx.metrics_step == self._judged_metrics_step:
+            return False
+        self._judged_metrics_step = ctx.metrics_step
+        if self.monitor is None or self.monitor not in ctx.metrics:
             return False
         value = ctx.metrics[self.monitor]
         if not math.isfinite(value):
             return False
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
+        if self.best is not None and not (
+            value > self.best if self.mode == "max" else value < self.best
+        ):
+            return False
+        self.best = value
+        return True
 
-    def save(self, ctx: LoopContext, interval: str | None = None) -> None:
-        improved = self.save_best and self._best_checked_step != ctx.global_step
-        improved = improved and self._improved(ctx)
-        self._best_checked_step = ctx.global_step
-        if improved and self.monitor is not None:
-            self.best = ctx.metrics[self.monitor]
-        if not ctx.is_main:
+    def _save(self, ctx: LoopContext, interval: str | None = None, last: bool = False) -> None:
+        improved = self._judge_new_result(ctx)
+        # Without a monitored metric, 'best' is the latest state saved.
+        best = self.save_best and (improved or (self.monitor is None and last))
+        keep_interval = interval is not None and self.max_keep > 0
+        if not ctx.is_main or not (best or keep_interval or (last and self.save_last)):
             return
         state = checkpoint_state(ctx)
         state["best"] = {"metric": self.monitor, "mode": self.mode, "value": self.best}
-        if self.save_last:
+        if last and self.save_last:
             save_checkpoint(state, self.path(ctx, "last"))
-        if improved:
+        if best:
             save_checkpoint(state, self.path(ctx, "best"))
-        if interval is not None and self.max_keep > 0:
+        if keep_interval:
+            assert interval is not None
             save_checkpoint(state, self.path(ctx, interval))
             self._prune(ctx)
 
-    def interval_files(self, folder: Path) -> list[Path]:
+    def interval_files(self, folder: Path, stage: str) -> list[Path]:
         """Interval checkpoints in ``folder``, newest (highest step or epoch) first."""
-        pattern = re.compile(
-            re.escape(self.name_prefix) + r"checkpoint-(step|epoch)-(\d+)\.pth\.tar"
-        )
+        pattern = self._interval_pattern(stage)
         found = [(int(m.group(2)), p) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))]
         return [p for _, p in sorted(found, reverse=True)]
 
     def _prune(self, ctx: LoopContext) -> None:
-        for old in self.interval_files(self.folder(ctx))[self.max_keep :]:
+        for old in self.interval_files(self.folder(ctx), ctx.stage)[self.max_keep :]:
             old.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state.get("best")
+        best = state.get("best")
+        if best is not None and (isinstance(best, bool) or not isinstance(best, int | float)):
+            raise CheckpointError(f"the Checkpoint callback's best value {best!r} is not a number")
+        self.best = best
 
 
 SCHEMA = {
@@ -141,7 +169,11 @@ SCHEMA = {
     "additionalProperties": False,
     "properties": {
         "save_dir": {"type": "string", "description": "Defaults to work_dir."},
-        "name_prefix": {"type": "string", "default": "", "description": "e.g. 'float-'."},
+        "name_prefix": {
+            "type": "string",
+            "default": "{stage}-",
+            "description": "Start of each file name: 'float-checkpoint-best.pth.tar' by default.",
+        },
         "monitor_metric_key": {
             "type": "string",
             "description": "Validation metric that decides 'best' (e.g. accuracy); "

@@ -14,6 +14,7 @@ from hatcli.engine.build import split_node
 from hatcli.engine.callback import Callback
 from hatcli.engine.context import LoopContext
 from hatcli.engine.data_checks import all_finite, checked_forward, data_name, named_batches
+from hatcli.engine.distributed import any_process, min_over_processes
 from hatcli.engine.metric import MeanLoss, Metric, TopKAccuracy
 from hatcli.errors import DataError, InputError
 
@@ -33,6 +34,7 @@ class Validation(Callback):
         self.every = every
         self.interval_by = interval_by
         self.at_end = at_end
+        self.owed = False
         self.mean_loss = MeanLoss()
         self.metrics: list[Metric] = [TopKAccuracy(1), self.mean_loss, *(metrics or [])]
 
@@ -58,6 +60,10 @@ class Validation(Callback):
                 f"batch_size {loader.batch_size}, with drop_last)"
             )
 
+    def on_loop_begin(self, ctx: LoopContext) -> None:
+        if self.owed:  # a signal stopped this validation before the run was resumed
+            self.run(ctx)
+
     def on_step_end(self, ctx: LoopContext) -> None:
         if self.interval_by == "step" and ctx.global_step % self.every == 0:
             self.run(ctx)
@@ -70,15 +76,35 @@ class Validation(Callback):
         if self.at_end and (ctx.metrics_step != ctx.global_step or not ctx.metrics):
             self.run(ctx)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"owed": self.owed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.owed = bool(state.get("owed", False))
+
     @torch.no_grad()
-    def run(self, ctx: LoopContext) -> dict[str, float]:
+    def run(self, ctx: LoopContext) -> dict[str, float] | None:
+        """Evaluate and publish the results in ``ctx.metrics``; ``None`` when a signal
+        stopped it (the checkpoint saved next owes it, and its resume runs it first)."""
         was_training = ctx.model.training
         ctx.model.eval()
+        try:
+            return self._evaluate(ctx)
+        finally:
+            ctx.model.train(was_training)
+
+    def _evaluate(self, ctx: LoopContext) -> dict[str, float] | None:
+        self.owed = False
         for metric in self.metrics:
             metric.reset()
         loader = ctx.data_loaders[self.split]
         data = data_name(loader, self.split)
+        # Ranks may have one batch more or less; they agree on stopping within the rest.
+        agreed = min_over_processes(len(loader))
         for index, (inputs, targets) in enumerate(named_batches(loader, self.split)):
+            if index < agreed and any_process(ctx.stop_requested()):
+                self.owed = True
+                return None
             inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
             when = f"batch {index + 1} of the validation after step {ctx.global_step}"
             outputs, loss = checked_forward(ctx.model, ctx.loss_fn, inputs, targets, data, when)
@@ -99,7 +125,6 @@ class Validation(Callback):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        ctx.model.train(was_training)
         ctx.metrics = results
         ctx.metrics_step = ctx.global_step
         ctx.log({"event": "val", "split": self.split, **results})
