@@ -376,3 +376,24 @@ def test_resume_cuts_the_log_back_to_its_checkpoint(tmp_path: Path) -> None:
     log.write_bytes(kept + log_line(30))  # a checkpoint from before log offsets: by step
     truncate_log(log, None, 20)
     assert log.read_bytes() == kept
+
+
+# --- callback state keys ---------------------------------------------------------------------
+
+
+def test_callback_state_is_found_by_state_key_and_in_checkpoints_of_hat_0_1() -> None:
+    from types import SimpleNamespace
+
+    from hat_callbacks.checkpoint import Checkpoint
+
+    from hatcli.engine.state import restore_training_state
+
+    first, second = Checkpoint(name_prefix="a-"), Checkpoint(name_prefix="b-")
+    ctx = SimpleNamespace(optimizer=None, callbacks=[first, second])
+    new = {"callbacks": {"Checkpoint": {"best": 0.5}, "Checkpoint#2": {"best": 0.25}}}
+    restore_training_state(ctx, new, optimizer=False, position=True)  # type: ignore[arg-type]
+    assert (first.best, second.best) == (0.5, 0.25)
+    # hat 0.1 keyed by position among the spec's callbacks (here after a Validation).
+    old = {"callbacks": {"0:Validation": {}, "1:Checkpoint": {"best": 0.7}, "2:Checkpoint": {}}}
+    restore_training_state(ctx, old, optimizer=False, position=True)  # type: ignore[arg-type]
+    assert (first.best, second.best) == (0.7, None)
