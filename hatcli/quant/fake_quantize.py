@@ -9,9 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.observer import (
-    QUANT_MAX,
-    QUANT_MIN,
     MovingAverageMinMaxObserver,
     PerChannelMinMaxObserver,
     _Observer,

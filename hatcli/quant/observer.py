@@ -12,15 +12,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-QUANT_MIN = -128
-QUANT_MAX = 127
+from hatcli.quant.int8 import HALF_RANGE
+
 _EPS = torch.finfo(torch.float32).eps
 
 
 def symmetric_scale(min_val: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 scale for a range; 1.0 where nothing was observed yet."""
     max_abs = torch.maximum(-min_val, max_val)
-    scale = (max_abs / ((QUANT_MAX - QUANT_MIN) / 2)).clamp(min=_EPS)
+    scale = (max_abs / HALF_RANGE).clamp(min=_EPS)
     # An observer that has seen nothing has min=+inf, max=-inf (torch.ao also answers 1.0).
     return torch.where(min_val > max_val, torch.ones_like(scale), scale)
 

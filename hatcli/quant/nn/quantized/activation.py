@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hatcli.quant.int8 import ABS_MAX
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.quantized.base import IntegerModule, clamp_bounds
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
@@ -46,5 +47,5 @@ class ReLU6(IntegerModule):
     def multiplier(self, s_in: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(m, shift)`` rescaling an int8 input of scale ``s_in`` to the output scale."""
         factor = torch.as_tensor(s_in, dtype=torch.float64) / self.output_scale.double()
-        (m,), shift = quantize_multiplier(factor, x_bounds=[128])
+        (m,), shift = quantize_multiplier(factor, x_bounds=[ABS_MAX])
         return m, shift

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.qtensor import QTensor
 
 
@@ -42,12 +43,12 @@ class IntegerModule(nn.Module):
 def clamp_bounds(act: nn.Module | None, output_scale: torch.Tensor | None) -> tuple[int, int]:
     """int8 bounds realising a fused activation as a clamp on the requantized output."""
     if act is None or isinstance(act, nn.Identity):
-        return -128, 127
+        return QUANT_MIN, QUANT_MAX
     if isinstance(act, nn.ReLU):
-        return 0, 127
+        return 0, QUANT_MAX
     if isinstance(act, nn.ReLU6):
         assert output_scale is not None, "ReLU6 needs an output scale"
         # The same float32 computation the QAT fake-quant applies to the value 6.
         six = torch.round(torch.tensor(6.0) * torch.reciprocal(output_scale.float().cpu()))
-        return 0, min(127, int(six))
+        return 0, min(QUANT_MAX, int(six))
     raise TypeError(f"no integer form for activation {type(act).__name__}")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from hatcli.quant.int8 import ABS_MAX
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
@@ -30,14 +31,14 @@ class QFunctional(IntegerModule):
         raise RuntimeError("QFunctional is not called directly: use .add, .cat or .mul")
 
     def multipliers(
-        self, scales: list[float], bound: int = 128
+        self, scales: list[float], bound: int = ABS_MAX
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``([m_i], shift)`` rescaling integers of scales ``s_i`` (``|x| <= bound``)."""
         s_out = self.output_scale.double()
         factors = [torch.as_tensor(s, dtype=torch.float64) / s_out for s in scales]
         return quantize_multiplier(*factors, x_bounds=[bound] * len(scales))
 
-    def _requant(self, xs: list[tuple[torch.Tensor, float]], bound: int = 128) -> torch.Tensor:
+    def _requant(self, xs: list[tuple[torch.Tensor, float]], bound: int = ABS_MAX) -> torch.Tensor:
         mults, shift = self.multipliers([s for _, s in xs], bound)
         return requantize([(x, m) for (x, _), m in zip(xs, mults, strict=True)], shift)
 
@@ -52,4 +53,4 @@ class QFunctional(IntegerModule):
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
         (xa, sa), (xb, sb) = self._int8_input(a, "a"), self._int8_input(b, "b")
         prod = xa.to(torch.int32) * xb.to(torch.int32)
-        return QTensor(self._requant([(prod, sa * sb)], 128 * 128), self.output_scale)
+        return QTensor(self._requant([(prod, sa * sb)], ABS_MAX * ABS_MAX), self.output_scale)

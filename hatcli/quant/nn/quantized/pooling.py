@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from hatcli.quant.int8 import ABS_MAX
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
@@ -41,5 +42,5 @@ class AdaptiveAvgPool2d(IntegerModule):
     def multiplier(self, s_in: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(m, shift)`` rescaling a sum of ``window`` int8 values to the output scale."""
         factor = torch.as_tensor(s_in / window, dtype=torch.float64) / self.output_scale.double()
-        (m,), shift = quantize_multiplier(factor, x_bounds=[128 * window])
+        (m,), shift = quantize_multiplier(factor, x_bounds=[ABS_MAX * window])
         return m, shift

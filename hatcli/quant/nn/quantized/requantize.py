@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
+
 _M_BITS = 31
 _MAX_SHIFT = 62
 FLOAT64_EXACT = 2**52
@@ -78,8 +80,8 @@ def rounding_right_shift(v: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 def requantize(
     terms: list[tuple[torch.Tensor, torch.Tensor]],
     shift: torch.Tensor,
-    qmin: int = -128,
-    qmax: int = 127,
+    qmin: int = QUANT_MIN,
+    qmax: int = QUANT_MAX,
     force_int64: bool = False,
     bound: int | None = None,
     offset: torch.Tensor | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.qtensor import QTensor
@@ -28,7 +29,7 @@ class QuantStub(IntegerModule):
             raise RuntimeError("the integer model cannot backpropagate: use the QAT model")
         scale = self.scale.to(x.device)
         zp = torch.zeros((), dtype=torch.int32, device=x.device)
-        x_fq = torch.fake_quantize_per_tensor_affine(x.float(), scale, zp, -128, 127)
+        x_fq = torch.fake_quantize_per_tensor_affine(x.float(), scale, zp, QUANT_MIN, QUANT_MAX)
         # x_fq is q * scale in float32; dividing recovers q exactly.
         return QTensor(torch.round(x_fq / scale).to(torch.int8), self.scale)
 
