@@ -31,6 +31,18 @@ KINDS = (
     "lr_schedulers",
     "losses",
 )
+# What one component of each kind is called in messages ("unknown loss", not "losse").
+SINGULAR = {
+    "models": "model",
+    "datasets": "dataset",
+    "converters": "converter",
+    "callbacks": "callback",
+    "trainers": "trainer",
+    "metrics": "metric",
+    "optimizers": "optimizer",
+    "lr_schedulers": "lr scheduler",
+    "losses": "loss",
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,11 @@ pm.add_hookspecs(hookspecs)
 _loaded = False
 _components: dict[str, dict[str, Component]] | None = None
 _infos: dict[str, PluginInfo] = {}
+
+
+def singular(kind: str) -> str:
+    """``"losses"`` -> ``"loss"``: one component of ``kind``, as messages name it."""
+    return SINGULAR[kind]
 
 
 def _wanted(names: str | None) -> set[str] | None:
@@ -180,22 +197,24 @@ def _collect() -> dict[str, dict[str, Component]]:
                 _given: dict[str, Component] = given,
             ) -> None:
                 if not isinstance(name, str) or not name:
+                    one = singular(_kind)
                     _warn(
-                        f"plugin {_plugin!r} gave a {_kind[:-1]} the name {name!r}, which is "
+                        f"plugin {_plugin!r} gave {'an' if one[0] in 'aeiou' else 'a'} {one} "
+                        f"the name {name!r}, which is "
                         "not a non-empty string; it was skipped"
                     )
                     return
                 problem = None if schema is None else _schema_problem(schema)
                 if problem is not None:
                     _warn(
-                        f"plugin {_plugin!r} gave {_kind[:-1]} {name!r} an invalid schema "
+                        f"plugin {_plugin!r} gave {singular(_kind)} {name!r} an invalid schema "
                         f"and it was skipped: {problem}"
                     )
                     return
                 existing = collected[_kind].get(name) or _given.get(name)
                 if existing is not None:
                     raise PluginError(
-                        f"{_kind[:-1]} {name!r} is registered by two plugins: "
+                        f"{singular(_kind)} {name!r} is registered by two plugins: "
                         f"{existing.plugin!r} and {_plugin!r}; uninstall one or limit "
                         f"loading with {LOAD_PLUGINS_ENV}"
                     )
@@ -229,7 +248,7 @@ def get_component(kind: str, name: str) -> Component:
     try:
         return components(kind)[name]
     except KeyError:
-        raise KeyError(f"no {kind[:-1]} named {name!r}") from None
+        raise KeyError(f"no {singular(kind)} named {name!r}") from None
 
 
 def plugin_infos() -> list[PluginInfo]:

@@ -563,3 +563,20 @@ def test_third_party_example_trains_one_epoch(example_site: Path, run_hat, tmp_p
     assert 0.5 < summary["metrics"]["accuracy"] <= 1.0  # chance is 0.1
     for which in ("last", "best"):
         assert (work / f"float-checkpoint-{which}.pth.tar").stat().st_size > 0
+
+
+def test_every_kind_has_a_singular_name_for_messages() -> None:
+    assert set(plugins.SINGULAR) == set(plugins.KINDS)
+    assert plugins.singular("losses") == "loss"
+    assert plugins.singular("lr_schedulers") == "lr scheduler"
+    with pytest.raises(KeyError, match="no loss named 'CrossEntropyLos'"):
+        plugins.get_component("losses", "CrossEntropyLos")
+
+
+def test_a_clash_names_the_kind_in_the_singular(plugin) -> None:
+    def hat_register_losses(register: Any) -> None:
+        register("MSELoss", dict)
+
+    plugin(plugin_module("clashing_loss", hat_register_losses=hat_register_losses), "clash")
+    with pytest.raises(PluginError, match=r"^loss 'MSELoss' is registered by two plugins"):
+        plugins.components("losses")

@@ -173,3 +173,30 @@ def test_spec_cannot_run_code(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="not allowed"):
         hatcli.load_spec(write_spec(tmp_path, text))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        (
+            "    num_epochs: 1",
+            "    num_epochs: 1\n    loss: CrossEntropyLos",
+            "unknown loss 'CrossEntropyLos'; did you mean 'CrossEntropyLoss'?",
+        ),
+        (
+            "{type: CosineAnnealingLR}",
+            "{type: CosineAnealingLR}",
+            "unknown lr scheduler 'CosineAnealingLR'",
+        ),
+        ("{type: Validation}", "{type: Validaton}", "unknown callback 'Validaton'"),
+        ("    num_epochs: 1", "    num_epochs: 1\n    trainer: {}", "which trainer to use"),
+    ],
+)
+def test_an_unknown_component_is_named_by_its_kind_in_the_singular(
+    tmp_path: Path, old: str, new: str, fragment: str
+) -> None:
+    path = write_spec(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(SpecError) as info:
+        hatcli.load_spec(path)
+    (line,) = [str(p) for p in info.value.problems]
+    assert fragment in line

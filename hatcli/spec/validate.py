@@ -24,7 +24,7 @@ def _component_keyword(
     validator: Any, kind: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[ValidationError]:
     """``x-hat-kind: KIND``: the node names an installed component of KIND."""
-    singular = kind[:-1].replace("_", " ")
+    singular = plugins.singular(kind)
     if isinstance(instance, str):
         instance = {"type": instance}
         type_path: tuple[str, ...] = ()
