@@ -31,9 +31,10 @@ class Calibrator(Trainer):
             fq.disable_fake_quant()
             fq.enable_observer()
         try:
-            super().fit(ctx)
-        finally:
-            self.end_loop(ctx)
+            super().fit(ctx)  # which calls end_loop once the last batch is done
+        except BaseException:
+            self.end_loop(ctx)  # failed or stopped: fake quantization goes back on too
+            raise
 
     def end_loop(self, ctx: LoopContext) -> None:
         for fq in ctx.model.modules():
