@@ -23,6 +23,10 @@ class Checkpoint(Callback):
 
     ``name_prefix`` defaults to ``"{stage}-"`` (HAT's configs write exactly that), so
     the stages of one spec never overwrite each other's files.
+
+    HAT's ``strict_match`` is not an option: HAT uses it when loading the trained
+    weights into a separate deploy model to trace; here ``SaveTraced`` traces the
+    trained model itself, and ``LoadCheckpoint(strict=...)`` is how strict loading is set.
     """
 
     order = 10
@@ -38,7 +42,6 @@ class Checkpoint(Callback):
         save_last: bool = True,
         save_best: bool = True,
         max_keep: int = 0,
-        strict_match: bool = False,
     ) -> None:
         self.save_dir = Path(save_dir) if save_dir else None
         self.name_prefix = name_prefix
@@ -49,7 +52,6 @@ class Checkpoint(Callback):
         self.save_last = save_last
         self.save_best = save_best
         self.max_keep = max_keep
-        self.strict_match = strict_match
         self.best: float | None = None
         self._judged_metrics_step: int | None = None
 
@@ -189,11 +191,6 @@ SCHEMA = {
             "minimum": 0,
             "default": 0,
             "description": "Also keep this many newest interval checkpoints (step-N / epoch-N).",
-        },
-        "strict_match": {
-            "type": "boolean",
-            "default": False,
-            "description": "Accepted for HAT configs; loading strictness is LoadCheckpoint's.",
         },
     },
 }

@@ -17,7 +17,8 @@ class FuseBN(Callback):
     """HAT's FuseBN: ``modules[i]`` (dotted names) are absorbed at ``step_or_epoch[i]``.
 
     The absorbed conv keeps its Parameter objects, so the optimizer goes on training
-    them; BN parameters leave the optimizer.
+    them; BN parameters leave the optimizer. BN is always absorbed in the training model
+    itself, so HAT's ``inplace`` (absorb into a copy when false) has no counterpart.
     """
 
     order = -5  # before Validation and Checkpoint see the step
@@ -27,7 +28,6 @@ class FuseBN(Callback):
         modules: list[list[str]],
         step_or_epoch: list[int],
         update_by: str = "step",
-        inplace: bool = True,
     ) -> None:
         if len(modules) != len(step_or_epoch):
             raise ValueError(
@@ -35,7 +35,6 @@ class FuseBN(Callback):
             )
         self.plan = list(zip(step_or_epoch, modules, strict=True))
         self.update_by = update_by
-        self.inplace = inplace
         self.absorbed: list[str] = []
 
     def check(self, ctx: LoopContext) -> None:
@@ -107,6 +106,5 @@ SCHEMA = {
             "description": "When each group is absorbed; same length as modules.",
         },
         "update_by": {"enum": ["step", "epoch"], "default": "step"},
-        "inplace": {"type": "boolean", "default": True},
     },
 }
