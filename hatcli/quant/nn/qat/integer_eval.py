@@ -12,6 +12,10 @@ The twin is built from the module's current weights and scales and rebuilt when 
 them changes. With gradients enabled the values stay the twin's and the gradient is the
 float simulation's (straight-through). ``float_simulation()`` turns the twin off, e.g. to
 measure how closely the training forward tracks the integer model.
+
+The integer modules import this package, never the reverse, so the conversion that
+builds a twin is installed from above: ``hatcli.quant.integer_twin`` calls
+``set_twin_factory`` with the QAT -> integer table.
 """
 
 from __future__ import annotations
@@ -28,7 +32,16 @@ from hatcli.quant.fake_quantize import FakeQuantize
 from hatcli.quant.qat_tensor import QATTensor, plain
 from hatcli.quant.qtensor import QTensor
 
+TwinFactory = Callable[[nn.Module], nn.Module]
+
 _USE_TWIN: ContextVar[bool] = ContextVar("hat_integer_eval", default=True)
+_twin_factory: TwinFactory | None = None
+
+
+def set_twin_factory(factory: TwinFactory) -> None:
+    """Install the QAT -> integer conversion that builds each module's twin."""
+    global _twin_factory
+    _twin_factory = factory
 
 
 @contextmanager
@@ -69,10 +82,10 @@ class IntegerEval(nn.Module):
         cached = self.__dict__.get("_integer_twin")
         if cached is not None and cached[0] == key:
             return cached[1]
-        from hatcli.quant.quantize import QAT_TO_INTEGER  # the table imports this package
-
+        if _twin_factory is None:
+            raise RuntimeError("no integer twin factory installed: import hatcli.quant first")
         with torch.no_grad():
-            twin = QAT_TO_INTEGER[type(self)](self)
+            twin = _twin_factory(self)
         # Kept out of _modules: not a submodule, not in the state dict.
         self.__dict__["_integer_twin"] = (key, twin)
         return twin
