@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hatcli.nn import ConvBNAddReLU2d, ConvBNReLU2d, fuse_children
-from hatcli.quant import DeQuantStub, QuantStub, qconfig_manager
+from hatcli.nn import ConvBNAddReLU2d, ConvBNReLU2d
+from hatcli.nn.quantizable import QuantizableModel
+from hatcli.quant import DeQuantStub, QuantStub
 
 
-class DigitsNet(nn.Module):
+class DigitsNet(QuantizableModel):
     """stem -> residual block (conv-BN-ReLU, conv-BN-add-ReLU) -> downsample -> pool -> fc."""
+
+    output_layers = ("classifier",)  # int32 logits
 
     def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 1) -> None:
         super().__init__()
@@ -30,15 +33,6 @@ class DigitsNet(nn.Module):
         x = self.down(x)
         x = self.pool(x).flatten(1)
         return self.dequant(self.classifier(x))
-
-    def fuse_model(self) -> None:
-        """Fuse every child that can (conv-BN blocks fold BN under qat_mode fuse_bn)."""
-        fuse_children(self)
-
-    def set_qconfig(self) -> None:
-        """int8 everywhere; the classifier keeps an unquantized (int32) output."""
-        self.qconfig = qconfig_manager.get_default_qat_qconfig()
-        self.classifier.qconfig = qconfig_manager.get_default_qat_out_qconfig()
 
 
 SCHEMA = {

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from hatcli.nn import ConvBN2d, ConvBNAdd2d, ConvBNReLU62d, fuse_children
-from hatcli.quant import DeQuantStub, QuantStub, qconfig_manager
+from hatcli.nn.quantizable import QuantizableModel
+from hatcli.quant import DeQuantStub, QuantStub
 
 # (expansion t, output channels c, repeats n, first stride s); the ImageNet settings with
 # the stem and the 24-channel stage at stride 1, so 32x32 inputs end at 4x4.
@@ -51,9 +52,11 @@ class InvertedResidual(nn.Module):
         fuse_children(self)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(QuantizableModel):
     """CIFAR MobileNetV2: 3x3 stem at stride 1, inverted residual stages
     (``CIFAR_SETTINGS``), 1x1 conv to 1280 (more when ``width_mult > 1``), pool, linear."""
+
+    output_layers = ("classifier",)  # int32 logits
 
     def __init__(
         self, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0
@@ -86,15 +89,6 @@ class MobileNetV2(nn.Module):
         x = self.head(self.features(x))
         x = self.pool(x).flatten(1)
         return self.dequant(self.classifier(x))
-
-    def fuse_model(self) -> None:
-        """Fuse every block (conv-BN blocks fold BN under qat_mode fuse_bn)."""
-        fuse_children(self)
-
-    def set_qconfig(self) -> None:
-        """int8 everywhere; the classifier keeps an unquantized (int32) output."""
-        self.qconfig = qconfig_manager.get_default_qat_qconfig()
-        self.classifier.qconfig = qconfig_manager.get_default_qat_out_qconfig()
 
 
 SCHEMA = {

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from hatcli.nn import ConvBN2d, ConvBNAddReLU2d, ConvBNReLU2d, fuse_children
-from hatcli.quant import DeQuantStub, QuantStub, qconfig_manager
+from hatcli.nn.quantizable import QuantizableModel
+from hatcli.quant import DeQuantStub, QuantStub
 
 
 class BasicBlock(nn.Module):
@@ -29,9 +30,11 @@ class BasicBlock(nn.Module):
         fuse_children(self)
 
 
-class ResNet18(nn.Module):
+class ResNet18(QuantizableModel):
     """CIFAR ResNet-18: 3x3 stem (stride 1, no max-pool), 4 stages of 2 BasicBlocks with
     ``width * [1, 2, 4, 8]`` channels and strides ``[1, 2, 2, 2]``, average pool, linear."""
+
+    output_layers = ("classifier",)  # int32 logits
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
         super().__init__()
@@ -56,15 +59,6 @@ class ResNet18(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.pool(x).flatten(1)
         return self.dequant(self.classifier(x))
-
-    def fuse_model(self) -> None:
-        """Fuse every block (conv-BN blocks fold BN under qat_mode fuse_bn)."""
-        fuse_children(self)
-
-    def set_qconfig(self) -> None:
-        """int8 everywhere; the classifier keeps an unquantized (int32) output."""
-        self.qconfig = qconfig_manager.get_default_qat_qconfig()
-        self.classifier.qconfig = qconfig_manager.get_default_qat_out_qconfig()
 
 
 SCHEMA = {
