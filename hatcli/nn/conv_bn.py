@@ -26,19 +26,11 @@ class ConvBN2d(nn.Module):
         self.fused = False
 
     def fuse_model(self) -> None:
-        """Prepare for QAT according to the qat_mode.
+        """Mark the block fused: QAT treats conv, BN (and what follows) as one op.
 
-        ``fuse_bn``: fold BN into the conv (the conv gains a bias, ``bn`` becomes Identity);
-        the eval output is unchanged up to float rounding. With-BN modes: only mark the
-        block fused, so QAT keeps the BN. Calling it again does nothing.
+        The block itself is unchanged; the QAT module built from it decides by its
+        qat_mode whether BN is folded into the conv first (``fuse_bn``) or kept.
         """
-        # Imported here: hatcli.quant imports hatcli.nn for its swap tables.
-        from hatcli.quant.fuse_modules import fold_bn_into_conv_
-        from hatcli.quant.qat_mode import QATMode, get_qat_mode
-
-        if get_qat_mode() is QATMode.FuseBN and isinstance(self.bn, nn.BatchNorm2d):
-            fold_bn_into_conv_(self.conv, self.bn)
-            self.bn = nn.Identity()
         self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

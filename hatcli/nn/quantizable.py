@@ -30,7 +30,7 @@ class QuantizableModel(nn.Module):
     their weights are quantized, their output is not fake-quantized."""
 
     def fuse_model(self) -> None:
-        """Fuse every child that can (conv-BN blocks fold BN under qat_mode fuse_bn).
+        """Fuse every child that can (``Float2QAT`` then folds BN under fuse_bn).
 
         HAT calls only the outermost module's ``fuse_model()``; this walks into every
         child (see ``hatcli.nn.fuse_children``)."""

@@ -1,4 +1,9 @@
-"""The process-wide qat_mode: whether QAT trains with BatchNorm and how it is absorbed."""
+"""qat_mode: whether QAT trains with BatchNorm and how it is absorbed.
+
+A QAT model carries its own mode (``prepare_qat(model, qat_mode)`` stores it on the QAT
+conv-BN modules). ``set_qat_mode``/``get_qat_mode`` remain for HAT's API: the mode used
+when ``prepare_qat`` or a ``from_float`` is not given one.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +22,13 @@ _qat_mode: QATMode = QATMode.FuseBN
 
 
 def get_qat_mode() -> QATMode:
-    """Return the current qat_mode (``fuse_bn`` unless set)."""
+    """The mode ``prepare_qat`` uses when given none (``fuse_bn`` unless set)."""
     return _qat_mode
 
 
 def set_qat_mode(mode: QATMode | str) -> None:
-    """Set the qat_mode read by ``fuse_model()`` and by the QAT conv-BN modules' ``from_float``."""
+    """Set the mode ``prepare_qat`` and the QAT conv-BN modules' ``from_float`` use when
+    given none (HAT's API); a model already prepared keeps its own."""
     global _qat_mode
     try:
         _qat_mode = QATMode(mode)

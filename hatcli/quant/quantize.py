@@ -4,12 +4,14 @@ tables in ``mappings``."""
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 
 from torch import nn
 
 from hatcli.quant.mappings import FLOAT_TO_QAT, QAT_TO_INTEGER
-from hatcli.quant.qat_mode import QATMode, set_qat_mode
+from hatcli.quant.qat_mode import QATMode, get_qat_mode
 from hatcli.quant.qconfig import QConfig
 
 
@@ -54,25 +56,35 @@ def _swap(
     return module
 
 
+def _from_float(qat_type: type[nn.Module], mode: QATMode) -> Callable[[nn.Module], nn.Module]:
+    """``qat_type.from_float``, given the mode if it takes one (as torch.ao's
+    ``swap_module`` passes ``use_precomputed_fake_quant`` only where it is a parameter)."""
+    from_float = qat_type.from_float  # type: ignore[attr-defined]
+    if "qat_mode" in inspect.signature(from_float).parameters:
+        return functools.partial(from_float, qat_mode=mode)
+    return from_float
+
+
 def prepare_qat(
     model: nn.Module,
     qat_mode: QATMode | str | None = None,
     inplace: bool = False,
     mapping: Mapping[type[nn.Module], type[nn.Module]] | None = None,
 ) -> nn.Module:
-    """Float model -> QAT model.
+    """Float model -> QAT model in ``qat_mode`` (HAT's ``get_qat_mode()`` if not given),
+    which the QAT conv-BN modules keep: the model carries its mode, nothing global does.
 
-    Sets the qat_mode (when given), propagates ``qconfig`` from parents to children, and
-    swaps each module with a non-None qconfig by ``FLOAT_TO_QAT`` (``mapping`` overrides).
-    QAT modules share the float model's Parameters unless BN had to be folded.
-    Call ``fuse_model()`` and ``set_qconfig()`` first.
+    Propagates ``qconfig`` from parents to children, and swaps each module with a
+    non-None qconfig by ``FLOAT_TO_QAT`` (``mapping`` overrides). QAT modules share the
+    float model's Parameters unless BN is folded (``fuse_bn``). Call ``fuse_model()`` and
+    ``set_qconfig()`` first.
     """
-    if qat_mode is not None:
-        set_qat_mode(qat_mode)
+    mode = get_qat_mode() if qat_mode is None else QATMode(qat_mode)
     if not inplace:
         model = copy.deepcopy(model)
     propagate_qconfig_(model)
-    table = {k: v.from_float for k, v in {**FLOAT_TO_QAT, **(mapping or {})}.items()}
+    merged = {**FLOAT_TO_QAT, **(mapping or {})}
+    table = {k: _from_float(v, mode) for k, v in merged.items()}
     return _swap(model, "", table, lambda m: getattr(m, "qconfig", None) is None, "QAT")
 
 

@@ -6,11 +6,12 @@ from torch import nn
 
 from hatcli.engine.convert import ConvertContext
 from hatcli.errors import InputError
-from hatcli.quant import QuantizationError, prepare_qat, set_qat_mode
+from hatcli.quant import QuantizationError, prepare_qat
 
 
 class Float2QAT:
-    """HAT's order: ``fuse_model()``, then ``set_qconfig()``, then the module swap."""
+    """HAT's order: ``fuse_model()``, then ``set_qconfig()``, then the module swap in the
+    stage's qat_mode, which the QAT model keeps."""
 
     def __call__(self, model: nn.Module, context: ConvertContext) -> nn.Module:
         name = type(model).__name__
@@ -20,7 +21,6 @@ class Float2QAT:
                     f"Float2QAT: model {name} has no {method}() method; a model that can be "
                     "quantized implements fuse_model() and set_qconfig() (see the README)"
                 )
-        set_qat_mode(context.qat_mode)
         model.fuse_model()
         model.set_qconfig()
         try:

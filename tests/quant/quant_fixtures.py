@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hat_models.digits_net import DigitsNet
 from torch import nn
 
-from hatcli.quant import QATMode, prepare_qat, set_qat_mode
+from hatcli.quant import QATMode, prepare_qat
 
 
 def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +56,6 @@ def qat_digits_net(mode: QATMode | str, out_qconfig: bool = True) -> nn.Module:
     """The float net fused, prepared in ``mode`` and QAT-trained for one epoch, in eval."""
     key = f"{QATMode(mode).value}-{out_qconfig}"
     if key not in _CACHE:
-        set_qat_mode(mode)
         model = float_digits_net()
         model.fuse_model()
         model.set_qconfig()

@@ -10,12 +10,14 @@ from torch import nn
 
 from hatcli.nn import ConvBNReLU2d
 from hatcli.quant import (
+    QATMode,
     QTensor,
     QuantizationError,
     QuantStub,
     convert,
     float_simulation,
     get_default_qat_qconfig,
+    get_qat_mode,
     prepare_qat,
     set_qat_mode,
 )
@@ -43,8 +45,26 @@ def test_prepare_swaps_by_table_and_inherits_qconfig() -> None:
     assert q.stem.qconfig is q.qconfig  # inherited from the parent
     assert isinstance(model.stem, ConvBNReLU2d)  # not in place by default
     weight = model.stem.conv.weight
-    q = prepare_qat(model, "fuse_bn", inplace=True)
+    q = prepare_qat(model, "with_bn", inplace=True)
     assert q is model and q.stem.conv.weight is weight  # shares the float Parameters
+
+
+def test_the_model_carries_its_qat_mode_not_the_global() -> None:
+    models = {}
+    for mode in MODES:
+        model = float_digits_net()
+        model.fuse_model()
+        model.set_qconfig()
+        models[mode] = prepare_qat(model, mode)
+    assert get_qat_mode() is QATMode.FuseBN  # prepare_qat leaves HAT's global alone
+    for mode, q in models.items():
+        assert q.stem.qat_mode is QATMode(mode)
+        assert q.stem.has_bn == (mode != "fuse_bn")  # fuse_bn: BN folded at preparation
+    set_qat_mode("with_bn_reverse_fold")  # HAT's API: the mode when none is given
+    model = float_digits_net()
+    model.fuse_model()
+    model.set_qconfig()
+    assert prepare_qat(model).stem.qat_mode is QATMode.WithBNReverseFold
 
 
 def test_qconfig_none_keeps_float_and_unsupported_weights_name_their_path() -> None:
@@ -255,7 +275,6 @@ def test_convert_keeps_float_parts_without_qconfig() -> None:
 
 def test_qat_and_integer_state_dicts_round_trip() -> None:
     q = qat_digits_net("with_bn")
-    set_qat_mode("with_bn")  # before fuse_model, which reads it
     model = float_digits_net()
     model.fuse_model()
     model.set_qconfig()

@@ -1,5 +1,6 @@
 """Imports run one way, as in torch.ao.nn: the integer modules import the QAT modules,
-and nothing under ``nn/qat`` reaches ``nn/quantized``."""
+nothing under ``nn/qat`` reaches ``nn/quantized``, and the float base modules
+(``hatcli.nn``) know nothing of quantization."""
 
 from __future__ import annotations
 
@@ -75,3 +76,11 @@ def test_qat_modules_never_reach_the_integer_modules() -> None:
 
 def test_integer_modules_import_the_qat_modules() -> None:
     assert "hatcli.quant.nn.qat" in _imports("hatcli.quant.nn.quantized.stubs")
+
+
+def test_the_float_base_modules_do_not_import_quantization() -> None:
+    """``hatcli.quant`` imports ``hatcli.nn`` (its swap tables), so ``hatcli.nn`` must not
+    import ``hatcli.quant``; ``hatcli.nn.quantizable``, above both, is not part of it."""
+    parent = _reachable("hatcli.nn")
+    bad = [m for m in parent if _in("hatcli.quant", m)]
+    assert not bad, f"hatcli.nn imports quantization: {_chain(parent, bad[0])}"

@@ -109,15 +109,21 @@ class Conv2d(IntegerEval):
         )
 
     @classmethod
-    def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> Conv2d:
-        """Build from the float module, sharing its conv Parameters. Under ``fuse_bn`` a BN
-        that ``fuse_model()`` did not fold is folded into a copy of the conv."""
+    def from_float(
+        cls,
+        mod: nn.Module,
+        qconfig: QConfig | None = None,
+        qat_mode: QATMode | str | None = None,
+    ) -> Conv2d:
+        """Build from the float module in ``qat_mode`` (HAT's ``get_qat_mode()`` if not
+        given), sharing its conv Parameters; under ``fuse_bn`` BN is folded into a copy
+        of the conv, and the float module is left as it was."""
         if type(mod) is not cls._FLOAT:
             raise TypeError(f"{cls.__name__}.from_float expects {cls._FLOAT.__name__}")
         qconfig = _qconfig_of(mod, qconfig)
+        mode = get_qat_mode() if qat_mode is None else QATMode(qat_mode)
         if isinstance(mod, nn.Conv2d):
-            return cls(mod, qconfig, qat_mode=get_qat_mode())
-        mode = get_qat_mode()
+            return cls(mod, qconfig, qat_mode=mode)
         conv, bn = mod.conv, mod.bn
         if mode is QATMode.FuseBN and isinstance(bn, nn.BatchNorm2d):
             conv = copy.deepcopy(conv)
