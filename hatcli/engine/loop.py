@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
 
 from hatcli.engine.context import LoopContext
 from hatcli.engine.data_checks import all_finite, checked_forward, data_name, named_batches
@@ -23,15 +24,42 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 class Trainer:
-    """One process, one device: forward, loss, backward, optimizer step, per batch.
+    """What a ``hat_register_trainers`` factory returns, and hat's own loop: one process,
+    one device; forward, loss, backward, optimizer step, per batch.
 
-    Subclasses change ``step`` (what one batch does); the loop keeps the position
-    (epoch, step in epoch, global step) that checkpoints save and resume continues.
+    Subclass it. Override ``step`` to change what one batch does (the loop keeps the
+    position, epoch, step in epoch and global step, that checkpoints save and resume
+    continues), the ``begin_epoch`` / ``after_step`` / ``end_epoch`` / ``end_loop`` hooks
+    around it, or ``fit`` for a loop of your own. hat calls, in this order:
+    ``setup(device)`` if the trainer defines it, ``prepare_model(model)`` while it builds
+    the stage, then ``fit(ctx)``.
+
+    ``setup(self, device: torch.device) -> None`` comes first, before the model, data
+    and callbacks are built (e.g. to join the process group); an ``InputError`` raised
+    in it is reported at the stage's ``trainer``.
     """
 
-    needs_optimizer = True
+    # setup() gets a no-op default here once stage.py resolves the device before calling
+    # it: today it tells "has setup" by probing, and an unusable device then gets
+    # reported at the trainer instead of at 'device'.
+
+    needs_optimizer: bool = True
+    """Whether a stage that trains with this trainer must set ``optimizer``
+    (``hat validate`` says so when it is missing); false for a calibration pass."""
+
+    supports_distributed: bool = False
+    """Whether this trainer can run in several processes (``hat train --nproc N`` or
+    torchrun); a stage launched so with a trainer that cannot is an input error."""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The model after its convert pipeline (and a resumed checkpoint's weights),
+        before it moves to the device and the optimizer gets its parameters; return it,
+        changed or replaced (e.g. BatchNorm made SyncBatchNorm)."""
+        return model
 
     def fit(self, ctx: LoopContext) -> None:
+        """Run the stage: train until ``num_epochs`` or ``num_steps`` (nothing when
+        neither is set), emitting every callback event, then set ``ctx.finished``."""
         with GracefulInterrupt() as interrupt:
             # Long work inside an event (a validation) polls this to stop early.
             ctx.stop_requested = lambda: interrupt.signum is not None
@@ -44,8 +72,9 @@ class Trainer:
         self.emit("on_loop_end", ctx)
 
     def run_epoch(self, ctx: LoopContext, interrupt: GracefulInterrupt) -> None:
+        """One epoch of the ``train`` loader, from ``ctx.step_in_epoch`` on a resume."""
         loader = ctx.data_loaders["train"]
-        sampler = getattr(loader, "sampler", None)
+        sampler = loader.sampler
         skip = ctx.step_in_epoch  # resumed mid-epoch: these batches were trained before
         if isinstance(sampler, EpochSampler):
             sampler.set_epoch(ctx.epoch, start=skip * (loader.batch_size or 1))
@@ -78,9 +107,11 @@ class Trainer:
             raise Interrupted(interrupt.signum, ctx.global_step)
 
     def begin_epoch(self, ctx: LoopContext) -> None:
+        """Before ``on_epoch_begin``: puts the model in training mode."""
         ctx.model.train()
 
     def step(self, ctx: LoopContext, batch: Any) -> None:
+        """One batch, already on ``ctx.device``; sets ``ctx.loss`` and ``ctx.batch_size``."""
         inputs, targets = batch
         assert ctx.optimizer is not None
         ctx.optimizer.zero_grad(set_to_none=True)
@@ -102,23 +133,29 @@ class Trainer:
         ctx.batch_size = int(targets.shape[0])
 
     def after_step(self, ctx: LoopContext) -> None:
+        """After ``step`` counted, before ``on_step_end``: a per-step LR schedule steps."""
         if ctx.lr_scheduler is not None and ctx.scheduler_interval == "step":
             ctx.lr_scheduler.step()
 
     def end_epoch(self, ctx: LoopContext) -> None:
+        """After an epoch's last batch, before ``on_epoch_end``: a per-epoch LR schedule
+        steps."""
         if ctx.lr_scheduler is not None and ctx.scheduler_interval == "epoch":
             ctx.lr_scheduler.step()
 
     def end_loop(self, ctx: LoopContext) -> None:
-        """After the last step, before ``on_loop_end``."""
+        """Once after the last step (or at once when nothing trains), before
+        ``on_loop_end``; not when the loop fails or is stopped."""
 
     @staticmethod
     def done(ctx: LoopContext) -> bool:
+        """Whether the stage has trained its ``num_steps`` or ``num_epochs``."""
         if ctx.num_steps:
             return ctx.global_step >= ctx.num_steps
         return ctx.epoch >= (ctx.num_epochs or 0)
 
     @staticmethod
     def emit(event: str, ctx: LoopContext) -> None:
+        """Call ``event`` (a ``Callback`` method name) on every callback, in order."""
         for callback in ctx.callbacks:
             getattr(callback, event)(ctx)

@@ -10,30 +10,43 @@ from hatcli.engine.distributed import all_reduce_sum
 
 
 class Metric:
-    """``reset()``, then ``update(outputs, targets, loss)`` per batch, then ``compute()``.
+    """What a ``hat_register_metrics`` factory returns: a validation metric that
+    accumulates exact sums over batches and computes once at the end.
 
-    ``sums`` names the attributes that add up over batches; with several processes
-    they are summed over ranks before ``compute`` (exact counts, not mean of means).
+    ``Validation`` calls ``reset()``, then ``update(outputs, targets, loss)`` for each
+    batch of its split, then ``reduce_over_processes()`` and ``compute()``; the results
+    join ``ctx.metrics``. Subclass it and implement ``reset``, ``update``, ``compute``
+    and ``names``; list the attributes that add up in ``sums``.
     """
 
     sums: tuple[str, ...] = ()
+    """Names of the number attributes that add up over batches (counts, totals). With
+    several processes they are summed over ranks before ``compute``, so results are
+    over every sample (exact counts, not a mean of means)."""
 
     def reduce_over_processes(self) -> None:
+        """Replace each of ``sums`` by its total over all processes (nothing to do in one
+        process). Override it only for state that does not add up."""
         totals = all_reduce_sum([float(getattr(self, name)) for name in self.sums])
         for name, value in zip(self.sums, totals, strict=True):
             setattr(self, name, value)
 
     def reset(self) -> None:
+        """Start a new evaluation: set every accumulator to zero."""
         raise NotImplementedError
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add one batch: the model's ``outputs``, the data's ``targets`` and the batch's
+        mean ``loss``, all on the stage's device. Called under ``torch.no_grad()``."""
         raise NotImplementedError
 
     def compute(self) -> dict[str, float]:
+        """The results by name, from the accumulated sums; NaN when no sample was seen."""
         raise NotImplementedError
 
     def names(self) -> list[str]:
-        """The keys ``compute`` returns (a Checkpoint can monitor them)."""
+        """The keys ``compute`` returns, known before any batch (a ``Checkpoint``'s
+        ``monitor_metric_key`` is checked against them)."""
         return []
 
 
