@@ -25,4 +25,14 @@ class ConvertContext:
 
 
 class Converter(Protocol):
-    def __call__(self, model: nn.Module, context: ConvertContext) -> nn.Module: ...
+    """What a ``hat_register_converters`` factory returns: one step of a stage's
+    ``model_convert_pipeline``. Any callable of this shape is one (a class with
+    ``__call__``, a function, a ``functools.partial``)."""
+
+    def __call__(self, model: nn.Module, context: ConvertContext) -> nn.Module:
+        """The model as the previous step left it, changed in place or replaced; return
+        the model the next step gets. ``context`` tells the stage and its ``qat_mode``
+        and carries what steps tell each other (``loaded_checkpoint``, ``notes``). Raise
+        ``hatcli.errors.InputError``, one line naming the step, for a model or setting
+        this step cannot take: hat prints it and exits with status 2."""
+        ...
