@@ -23,8 +23,8 @@ losses             ``factory(**params)``               ``nn.Module``, ``loss(out
 
 A factory that raises ``ValueError``, ``TypeError``, ``KeyError`` or
 ``FileNotFoundError`` gets its message reported at the component's place in the spec
-(``file:line:col``), as does any ``hatcli.errors.InputError``; say what is wrong in one
-line. ``docs/plugins.md`` has an example of each.
+(``file:line:col``); a ``hatcli.errors.InputError`` is reported as it is. Say what is
+wrong in one line. ``docs/plugins.md`` has an example of each.
 
 This module lives beside ``hookspecs.py``, not in ``hatcli.engine``: the two are what a
 plugin imports, so the engine's modules can move without breaking a plugin. The base
