@@ -21,8 +21,8 @@ from torch import nn
 
 from benchmarks.common import INPUT_SHAPES, build, median_time, table, write
 from benchmarks.peers import convert_torch_ao, prepare_torch_ao_qat
-from hatcli.engine.onnx_integer import IntegerOpsBuilder
-from hatcli.engine.onnx_qdq import QDQBuilder
+from hatcli.export.onnx_integer import IntegerOpsBuilder
+from hatcli.export.onnx_qdq import QDQBuilder
 from hatcli.quant import convert, prepare_qat, set_qat_mode
 
 

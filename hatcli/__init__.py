@@ -21,6 +21,7 @@ from hatcli.engine import stage as _stage
 from hatcli.engine.callback import Callback
 from hatcli.engine.metric import Metric
 from hatcli.errors import CheckpointError, HatError, InputError, Problem, RunError, SpecError
+from hatcli.export.exporter import Exporter
 from hatcli.hookspecs import hookimpl
 from hatcli.spec.spec import Spec, load_spec
 
@@ -49,6 +50,7 @@ def run_stage(spec: Spec | str | Path, stage: str, *, quiet: bool = True) -> dic
 __all__ = [
     "Callback",
     "CheckpointError",
+    "Exporter",
     "HatError",
     "InputError",
     "Metric",

@@ -276,7 +276,9 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="onnx (QDQ when quantized) | onnx-integer (integer ops, exact) | torchscript",
+            help="An installed export format; formats come from plugins ('hat plugins' "
+            "lists them). Built in: onnx (QDQ when quantized), onnx-integer (integer ops, "
+            "exact), torchscript.",
             show_default=False,
         ),
     ],
@@ -285,7 +287,8 @@ def export(
         typer.Option(
             "--output",
             "-o",
-            help="Default: {work_dir}/{stage}.onnx, {stage}-integer.onnx or {stage}-exported.pt.",
+            help="Default: {work_dir}/{stage} and the format's suffix ({stage}.onnx, "
+            "{stage}-integer.onnx, {stage}-exported.pt for the built-in formats).",
         ),
     ] = None,
     work_dir: WorkDirOpt = None,
@@ -294,13 +297,16 @@ def export(
     ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Export a trained stage's model (ONNX, QDQ int8 when quantized; or TorchScript) and
-    check the file against the model on the stage's 'val' data."""
-    from hatcli.engine.export import FORMATS, export_stage
+    """Export a trained stage's model in a format from a plugin (built in: ONNX, QDQ int8
+    or integer ops when quantized; TorchScript) and check the file against the model on
+    the stage's 'val' data."""
+    from hatcli.export.stage import export_stage, formats
     from hatcli.spec.spec import load_spec
 
-    if fmt not in FORMATS:
-        _fail([f"error: --format: {fmt!r} is not one of: {', '.join(FORMATS)}"], 2)
+    installed = _guard(formats)
+    if fmt not in installed:
+        known = ", ".join(installed) or "(none installed)"
+        _fail([f"error: --format: {fmt!r} is not one of: {known}"], 2)
     loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
     if stage not in loaded.stage_names:
         known = ", ".join(loaded.stage_names)

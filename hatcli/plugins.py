@@ -30,6 +30,7 @@ KINDS = (
     "optimizers",
     "lr_schedulers",
     "losses",
+    "exporters",
 )
 # What one component of each kind is called in messages ("unknown loss", not "losse").
 SINGULAR = {
@@ -42,6 +43,7 @@ SINGULAR = {
     "optimizers": "optimizer",
     "lr_schedulers": "lr scheduler",
     "losses": "loss",
+    "exporters": "exporter",
 }
 
 

@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from hatcli.engine.export import QDQBuilder, load_stage_checkpoint
-from hatcli.engine.onnx_integer import IntegerOpsBuilder
 from hatcli.engine.stage import build_data_loader, build_model
 from hatcli.errors import InputError
+from hatcli.export.onnx_integer import IntegerOpsBuilder
+from hatcli.export.onnx_qdq import QDQBuilder
+from hatcli.export.stage import load_stage_checkpoint
 from hatcli.quant import (
     DeQuantStub,
     QFunctional,

@@ -9,15 +9,11 @@ not fit); ``with_bn_reverse_fold`` quantized ``W * s`` already. The bias becomes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
-from torch import nn
 
 from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias
 from hatcli.quant.nn import qat
-from hatcli.quant.nn.quantized.base import IntegerModule, clamp_bounds
+from hatcli.quant.nn.quantized.base import clamp_bounds
 from hatcli.quant.nn.quantized.int_matmul import (
     FLOAT32_EXACT,
     conv_weight_mats,
@@ -26,39 +22,19 @@ from hatcli.quant.nn.quantized.int_matmul import (
     int8_conv2d,
     int8_depthwise_conv2d,
 )
-from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
+from hatcli.quant.nn.quantized.requantize import requantize
+from hatcli.quant.nn.quantized.weighted import (
+    RequantParams,
+    WeightedIntegerModule,
+    integer_weight,
+)
 from hatcli.quant.qat_mode import QATMode
 from hatcli.quant.qtensor import QTensor
 
-_I32 = torch.iinfo(torch.int32)
 _CHUNK_ROWS = 16384
 
 
-@dataclass
-class _Params:
-    """Integer constants derived from the input scale(s) (computed once per scale)."""
-
-    bias: torch.Tensor  # int32, at scale s_in * s_w
-    mults: list[torch.Tensor]  # int64
-    shift: torch.Tensor | None  # int64
-    out_scale: torch.Tensor | None  # float64 per channel, when there is no output quant
-    bound: int = 2**62  # an upper bound on |sum of the requantization products|
-
-
-def integer_weight(fq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(int8 weight, float32 per-channel scale)`` exactly as the QAT FakeQuantize rounds."""
-    obs = fq.activation_post_process
-    if not obs.initialized:
-        obs(w)
-    scale = fq.scale.to(w.device)
-    zp = torch.zeros_like(scale, dtype=torch.int32)
-    w_fq = torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -128, 127)
-    # w_fq is q * scale in float32; dividing recovers q exactly (|q| <= 128).
-    w_int = torch.round(w_fq / channel_view(scale, w.dim())).to(torch.int8)
-    return w_int, scale
-
-
-class Conv2d(IntegerModule):
+class Conv2d(WeightedIntegerModule):
     """Integer conv with folded bias and a clamp activation; output int8 (or int32 with a
     per-channel scale when its QAT module had no output fake-quant)."""
 
@@ -77,16 +53,9 @@ class Conv2d(IntegerModule):
         qmin: int = -128,
         qmax: int = 127,
     ) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight.to(torch.int8))
-        self.register_buffer("weight_scale", weight_scale.to(torch.float64))
-        self.register_buffer("bias", bias.to(torch.float64))
-        self.register_buffer(
-            "output_scale", None if output_scale is None else output_scale.float().reshape(())
-        )
+        super().__init__(weight, weight_scale, bias, output_scale, qmin, qmax)
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.groups, self.qmin, self.qmax = groups, qmin, qmax
-        self._cache: dict[tuple[float, ...], _Params] = {}
+        self.groups = groups
         self._float32_exact: bool | None = None  # depthwise weights bound sums below 2**24
 
     @classmethod
@@ -114,43 +83,9 @@ class Conv2d(IntegerModule):
         geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
         return cls(w_int, w_scale, bias.detach(), out_scale, *geometry, qmin, qmax)  # type: ignore[arg-type]
 
-    def _apply(self, fn: Any, recurse: bool = True) -> Conv2d:  # .to(), .cuda(), ...
-        self._cache.clear()
+    def _forget(self) -> None:
+        super()._forget()
         self._float32_exact = None
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._cache.clear()
-        self._float32_exact = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _params(self, s_in: float, s_res: float | None = None) -> _Params:
-        key = (s_in,) if s_res is None else (s_in, s_res)
-        p = self._cache.get(key)
-        if p is None:
-            acc_scale = s_in * self.weight_scale  # float64, per output channel
-            bias = torch.round(self.bias / acc_scale).clamp(_I32.min, _I32.max)
-            bias = bias.to(torch.int32)
-            if self.output_scale is None:
-                p = _Params(bias, [], None, acc_scale)
-            else:
-                s_out = self.output_scale.double()
-                factors = [acc_scale / s_out]
-                # |x| <= 128 for int8 inputs, so |acc| <= 128 * sum|w| per output channel.
-                per_channel = self.weight.to(torch.int64).abs().flatten(1).sum(dim=1)
-                acc_bounds = 128 * per_channel + bias.to(torch.int64).abs()
-                x_bounds: list[int | torch.Tensor] = [acc_bounds]
-                if s_res is not None:
-                    factors.append(torch.full_like(acc_scale, s_res) / s_out)
-                    x_bounds.append(128)  # an int8 residual
-                mults, shift = quantize_multiplier(*factors, x_bounds=x_bounds)
-                total = sum(
-                    torch.as_tensor(b, dtype=torch.float64) * m.abs().to(torch.float64)
-                    for b, m in zip(x_bounds, mults, strict=True)
-                )
-                p = _Params(bias, mults, shift, None, int(torch.as_tensor(total).max()))
-            self._cache[key] = p
-        return p
 
     def _accumulate(self, xi: torch.Tensor) -> torch.Tensor:
         """The accumulator, channels-last [N, OH, OW, O], of int8 NCHW input: int32, or
@@ -171,7 +106,9 @@ class Conv2d(IntegerModule):
             self._float32_exact = bool((128 * per_channel).max() < FLOAT32_EXACT)
         return self._float32_exact and float32_convolution_is_exact()
 
-    def _finish(self, acc: torch.Tensor, p: _Params, res: torch.Tensor | None) -> torch.Tensor:
+    def _finish(
+        self, acc: torch.Tensor, p: RequantParams, res: torch.Tensor | None
+    ) -> torch.Tensor:
         """Add the bias and requantize the channels-last accumulator (int8 NHWC), or keep it
         int32 when there is no output quantization."""
         if p.out_scale is not None:
@@ -198,7 +135,7 @@ class Conv2d(IntegerModule):
         r, s_res = None, None
         if residual is not None:
             r, s_res = self._int8_input(residual, "residual")
-        p = self._params(s_in, s_res)
+        p = self.requant_params(s_in, s_res)
         step = self._images_per_chunk(xi)
         if step >= xi.shape[0] or torch.jit.is_tracing():  # a trace must not fix the batch
             out = self._finish(self._accumulate(xi), p, r)

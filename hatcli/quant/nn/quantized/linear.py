@@ -6,28 +6,17 @@ import torch
 
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.quantized.base import clamp_bounds
-from hatcli.quant.nn.quantized.conv import Conv2d, integer_weight
 from hatcli.quant.nn.quantized.int_matmul import int8_matmul
 from hatcli.quant.nn.quantized.requantize import requantize
+from hatcli.quant.nn.quantized.weighted import WeightedIntegerModule, integer_weight
 from hatcli.quant.qtensor import QTensor
 
 
-class Linear(Conv2d):
-    """Integer linear (+ clamp activation); shares the conv's bias and multiplier logic."""
-
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        weight_scale: torch.Tensor,
-        bias: torch.Tensor,
-        output_scale: torch.Tensor | None,
-        qmin: int = -128,
-        qmax: int = 127,
-    ) -> None:
-        super().__init__(weight, weight_scale, bias, output_scale, qmin=qmin, qmax=qmax)
+class Linear(WeightedIntegerModule):
+    """Integer linear (+ clamp activation); bias and multipliers as the conv's."""
 
     @classmethod
-    def from_qat(cls, mod: qat.Linear) -> Linear:  # type: ignore[override]
+    def from_qat(cls, mod: qat.Linear) -> Linear:
         lin = mod.linear
         with torch.no_grad():
             w_int, w_scale = integer_weight(mod.weight_fake_quant, lin.weight)
@@ -41,7 +30,7 @@ class Linear(Conv2d):
         xi, s_in = self._int8_input(x)
         lead = xi.shape[:-1]
         acc = int8_matmul(xi.reshape(-1, xi.shape[-1]), self.weight.t())
-        p = self._params(s_in)
+        p = self.requant_params(s_in)
         acc = (acc + p.bias).reshape(*lead, -1)
         if p.out_scale is not None:
             return QTensor(acc, p.out_scale, axis=acc.dim() - 1)

@@ -1,0 +1,278 @@
+"""The QDQ ONNX form of an integer model: float ops between ``DequantizeLinear`` and
+``QuantizeLinear``, at the integer model's scales.
+
+Convs and linears get int8 weights per output channel (axis 0) and an int32 bias at
+``s_in * s_w``; activations are int8 per tensor with zero point 0; fused ReLU/ReLU6
+become ``Relu``/``Clip``; residual adds and ``QFunctional`` ops are float ops between DQ
+and Q. This is the form other toolchains read; ONNX Runtime computes it in float32 with
+its own rounding, so it is close to the integer model, not equal (see ``onnx_integer``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hatcli.errors import InputError
+from hatcli.export.exporter import Batch, Exporter
+from hatcli.export.onnx_common import check_and_write, integer_form, require_onnx
+from hatcli.export.onnx_float import torch_onnx_export
+from hatcli.export.onnx_graph import (
+    LAYOUT_EMITTERS,
+    Call,
+    Emitter,
+    FunctionalCall,
+    FunctionalEmitter,
+    Graph,
+    Value,
+)
+from hatcli.export.onnx_record import record_graph
+from hatcli.export.result import ExportResult, OutputScale
+from hatcli.quant.nn import quantized as qnn
+from hatcli.quant.nn.quantized.weighted import WeightedIntegerModule
+from hatcli.quant.qtensor import QTensor
+
+_I32 = torch.iinfo(torch.int32)
+
+
+class QDQBuilder:
+    """Builds the QDQ ONNX graph of an integer model by recording one forward pass."""
+
+    def __init__(self, model: nn.Module, onnx: Any) -> None:
+        self.model = model
+        self.onnx = onnx
+
+    def build(self, example: torch.Tensor) -> tuple[Any, list[OutputScale]]:
+        """The ONNX model, and the output scale (tensor, axis) of each output."""
+        return record_graph(self.model, self.onnx, example, EMITTERS, FUNCTIONAL)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _zero8(g: Graph) -> str:
+    """The shared int8 zero point."""
+    return g.once("zero_int8", lambda: g.const("zero_int8", np.array(0, dtype=np.int8)))
+
+
+def quantize(g: Graph, x: str, scale: float, name: str) -> str:
+    s = g.const(f"{name}.scale", np.array(scale, dtype=np.float32))
+    return g.node("QuantizeLinear", [x, s, _zero8(g)], f"{name}.q")
+
+
+def dequantize(g: Graph, v: Value, what: str) -> str:
+    """The float form of an int8 activation (one ``DequantizeLinear`` per value)."""
+    if v.scale is None:
+        raise InputError(f"{what} expects an int8 activation; its input is not quantized")
+    scale = v.scale
+
+    def make() -> str:
+        s = g.const(f"{v.name}.scale", np.array(scale, dtype=np.float32))
+        return g.node("DequantizeLinear", [v.name, s, _zero8(g)], f"{v.name}.dq")
+
+    return g.once(f"dequantized:{v.name}", make)
+
+
+def _clamp(g: Graph, y: str, qmin: int, qmax: int, s_out: float, path: str) -> str:
+    if qmin == 0 and qmax == 127:
+        return g.node("Relu", [y], f"{path}.relu")
+    if qmin <= -128 and qmax >= 127:
+        return y
+    lo = g.const(f"{path}.min", np.array(max(qmin, -128) * s_out, dtype=np.float32))
+    hi = g.const(f"{path}.max", np.array(min(qmax, 127) * s_out, dtype=np.float32))
+    return g.node("Clip", [y, lo, hi], f"{path}.clip")
+
+
+def _weights(
+    g: Graph, path: str, mod: WeightedIntegerModule, s_in: float, weight: torch.Tensor, axis: int
+) -> tuple[str, str]:
+    """Dequantized weight and bias: int8 per channel, int32 bias at ``s_in * s_w``."""
+    w_scale = mod.weight_scale.double()
+    acc_scale = s_in * w_scale
+    bias = torch.round(mod.bias.double() / acc_scale).clamp(_I32.min, _I32.max)
+    out_ch = w_scale.numel()
+    w = g.const(f"{path}.weight", weight.cpu().numpy().astype(np.int8))
+    ws = g.const(f"{path}.weight_scale", w_scale.float().cpu().numpy())
+    wz = g.const(f"{path}.weight_zero_point", np.zeros(out_ch, dtype=np.int8))
+    wf = g.node("DequantizeLinear", [w, ws, wz], f"{path}.weight.dq", axis=axis)
+    b = g.const(f"{path}.bias", bias.to(torch.int32).cpu().numpy())
+    bs = g.const(f"{path}.bias_scale", acc_scale.float().cpu().numpy())
+    bz = g.const(f"{path}.bias_zero_point", np.zeros(out_ch, dtype=np.int32))
+    bf = g.node("DequantizeLinear", [b, bs, bz], f"{path}.bias.dq", axis=0)
+    return wf, bf
+
+
+def _finish(g: Graph, call: Call[WeightedIntegerModule], y: str) -> None:
+    """Clamp and quantize a conv's or linear's float output; an int32 output (no output
+    scale) stays float, which hat dequantizes per channel."""
+    mod, out = call.module, call.out
+    if mod.output_scale is None:
+        assert isinstance(out, QTensor)
+        g.record(out, Value(y, None, (out.q_scale.clone(), out.q_axis)))
+        return
+    s_out = float(mod.output_scale)
+    y = _clamp(g, y, mod.qmin, mod.qmax, s_out, call.path)
+    g.record(out, Value(quantize(g, y, s_out, call.path), s_out))
+
+
+def _conv_node(g: Graph, call: Call[qnn.Conv2d]) -> str:
+    mod, path = call.module, call.path
+    v = g.value(call.input, call.what)
+    x = dequantize(g, v, path)
+    wf, bf = _weights(g, path, mod, v.scale, mod.weight, 0)  # type: ignore[arg-type]
+    kh, kw = mod.weight.shape[2:]
+    ph, pw = mod.padding
+    return g.node(
+        "Conv",
+        [x, wf, bf],
+        f"{path}.conv",
+        kernel_shape=[kh, kw],
+        strides=list(mod.stride),
+        pads=[ph, pw, ph, pw],
+        dilations=list(mod.dilation),
+        group=mod.groups,
+    )
+
+
+# --- emitters --------------------------------------------------------------------------
+
+
+def quant_stub(g: Graph, call: Call[qnn.QuantStub]) -> None:
+    v = g.value(call.input, call.what)
+    if v.scale is not None:
+        raise InputError(f"cannot export {call.path}: its input is quantized already")
+    scale = float(call.module.scale)
+    g.record(call.out, Value(quantize(g, v.name, scale, call.path), scale))
+
+
+def dequant_stub(g: Graph, call: Call[qnn.DeQuantStub]) -> None:
+    v = g.value(call.input, call.what)
+    if v.scale is None:
+        g.record(call.out, v)
+        return
+    name = dequantize(g, v, call.path)
+    g.record(call.out, Value(name, None, (torch.tensor(v.scale), None)))
+
+
+def conv(g: Graph, call: Call[qnn.Conv2d]) -> None:
+    _finish(g, call, _conv_node(g, call))
+
+
+def conv_add(g: Graph, call: Call[qnn.ConvAdd2d]) -> None:
+    y = _conv_node(g, call)
+    where = f"{call.path} residual"
+    r = dequantize(g, g.value(call.args[1], where), where)
+    _finish(g, call, g.node("Add", [y, r], f"{call.path}.add"))
+
+
+def linear(g: Graph, call: Call[qnn.Linear]) -> None:
+    mod, path = call.module, call.path
+    v = g.value(call.input, call.what)
+    x = dequantize(g, v, path)
+    if call.input.dim() == 2:
+        wf, bf = _weights(g, path, mod, v.scale, mod.weight, 0)  # type: ignore[arg-type]
+        y = g.node("Gemm", [x, wf, bf], f"{path}.gemm", transB=1)
+    else:
+        wt = mod.weight.t().contiguous()
+        wf, bf = _weights(g, path, mod, v.scale, wt, 1)  # type: ignore[arg-type]
+        y = g.node("MatMul", [x, wf], f"{path}.matmul")
+        y = g.node("Add", [y, bf], f"{path}.bias_add")
+    _finish(g, call, y)
+
+
+def relu(g: Graph, call: Call[qnn.ReLU]) -> None:
+    v = g.value(call.input, call.what)
+    y = g.node("Relu", [dequantize(g, v, call.path)], f"{call.path}.relu")
+    g.record(call.out, Value(quantize(g, y, v.scale, call.path), v.scale))  # type: ignore[arg-type]
+
+
+def relu6(g: Graph, call: Call[qnn.ReLU6]) -> None:
+    mod, path = call.module, call.path
+    v = g.value(call.input, call.what)
+    s_out = float(mod.output_scale)
+    y = _clamp(g, dequantize(g, v, path), mod.qmin, mod.qmax, s_out, path)
+    g.record(call.out, Value(quantize(g, y, s_out, path), s_out))
+
+
+def pool(g: Graph, call: Call[qnn.AdaptiveAvgPool2d]) -> None:
+    path = call.path
+    v = g.value(call.input, call.what)
+    x = dequantize(g, v, path)
+    h, w = call.input.shape[-2:]
+    oh, ow = call.out.shape[-2:]
+    if (oh, ow) == (1, 1):
+        y = g.node("GlobalAveragePool", [x], f"{path}.pool")
+    else:
+        k = [h // oh, w // ow]
+        y = g.node("AveragePool", [x], f"{path}.pool", kernel_shape=k, strides=k)
+    s_out = float(call.module.output_scale)
+    g.record(call.out, Value(quantize(g, y, s_out, path), s_out))
+
+
+def _combine(op: str) -> FunctionalEmitter:
+    """A ``QFunctional`` method as one float op between DQ and Q."""
+
+    def emit(g: Graph, call: FunctionalCall) -> None:
+        where = call.where
+        inputs = [dequantize(g, g.value(t, where), where) for t in call.tensors]
+        attrs = {"axis": call.dim} if op == "Concat" else {}
+        y = g.node(op, inputs, where, **attrs)
+        s_out = float(call.module.output_scale)
+        g.record(call.out, Value(quantize(g, y, s_out, call.path), s_out))
+
+    return emit
+
+
+EMITTERS: dict[type[nn.Module], Emitter] = {
+    **LAYOUT_EMITTERS,
+    qnn.QuantStub: quant_stub,
+    qnn.DeQuantStub: dequant_stub,
+    qnn.Conv2d: conv,
+    qnn.ConvAdd2d: conv_add,
+    qnn.Linear: linear,
+    qnn.ReLU: relu,
+    qnn.ReLU6: relu6,
+    qnn.AdaptiveAvgPool2d: pool,
+}
+"""Integer module type (exact) -> its QDQ emitter."""
+
+FUNCTIONAL: dict[str, FunctionalEmitter] = {
+    "add": _combine("Add"),
+    "cat": _combine("Concat"),
+    "mul": _combine("Mul"),
+}
+"""``QFunctional`` method -> its QDQ emitter."""
+
+
+class OnnxExporter(Exporter):
+    """``--format onnx``: a float model through ``torch.onnx`` (see ``onnx_float``), a
+    QAT or integer model as the QDQ graph of its integer form."""
+
+    suffix = ".onnx"
+
+    def check(self) -> None:
+        require_onnx()
+
+    def export(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        batches: list[Batch],
+        result: ExportResult,
+        path: Path,
+    ) -> None:
+        onnx, _ = require_onnx()
+        if result.kind == "float":
+            result.label = "ONNX"
+            proto = torch_onnx_export(model, example)
+            check_and_write(proto, model, model, batches, result, path)
+            return
+        integer = integer_form(model, result)
+        proto, scales = QDQBuilder(integer, onnx).build(example)
+        result.label = "ONNX (QDQ int8)"
+        out_scale = scales[0] if scales else None
+        check_and_write(proto, model, integer, batches, result, path, out_scale)

@@ -1,0 +1,55 @@
+"""The TorchScript form of any stage's model: ``torch.jit.trace``, checked to give the
+model's own outputs exactly."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hatcli.engine.checkpoint_io import atomic_write_bytes
+from hatcli.errors import InputError, RunError, one_line
+from hatcli.export.exporter import Batch, Exporter
+from hatcli.export.result import ExportResult, accuracy, agreement
+
+
+class TorchScriptExporter(Exporter):
+    """``--format torchscript``: the traced model, loaded back and run on the val split."""
+
+    suffix = "-exported.pt"
+
+    def export(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        batches: list[Batch],
+        result: ExportResult,
+        path: Path,
+    ) -> None:
+        with warnings.catch_warnings():
+            # Tracing records the model's fixed scales and shapes, which is the intent.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            try:
+                traced = torch.jit.trace(model, example, check_trace=False)
+            except Exception as exc:
+                raise InputError(f"torch.jit.trace failed: {one_line(exc)}") from None
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()))
+        refs, outs, targets = [], [], []
+        for x, y in batches:
+            refs.append(model(x))
+            outs.append(loaded(x))
+            targets.append(y)
+        ref, out, target = torch.cat(refs), torch.cat(outs), torch.cat(targets)
+        if not torch.equal(ref, out):
+            raise RunError(f"the traced {result.stage} model does not give the model's outputs")
+        result.runner = "torch.jit.load"
+        result.samples, result.accuracy = len(target), accuracy(out, target)
+        result.agreements.append(
+            agreement(f"hat {result.kind} model", ref, out, target, None, exact=True)
+        )
+        atomic_write_bytes(path, buffer.getvalue())
