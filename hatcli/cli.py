@@ -20,7 +20,7 @@ from rich.table import Table
 from hatcli import plugins
 from hatcli.engine.distributed import lost_a_peer
 from hatcli.engine.interrupt import Interrupted
-from hatcli.engine.launch import LAUNCHED_BY_HAT, Launch, run_workers
+from hatcli.engine.launch import LAUNCHED_BY_HAT, Launch, check_launch, run_workers
 from hatcli.engine.work_dir_lock import locked_stages
 from hatcli.errors import HatError, InputError, PluginError, RunError, SpecError, one_line
 
@@ -37,7 +37,8 @@ SpecArg = Annotated[Path, typer.Argument(help="The project's YAML spec.", show_d
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks for run failures.")]
 WorkDirOpt = Annotated[
-    Path | None, typer.Option("--work-dir", help="Override the spec's work_dir.")
+    str | None,  # not Path: Path("") would be ".", and '' must be refused as in a spec
+    typer.Option("--work-dir", help="Override the spec's work_dir."),
 ]
 
 
@@ -118,6 +119,7 @@ RdzvOpt = Annotated[
 
 
 def _launch_or_run(launch: Launch, command: str, kwargs: dict[str, Any]) -> None:
+    _guard(lambda: check_launch(launch))
     if launch.nproc == 1 and launch.nnodes == 1:
         _COMMANDS[command](**kwargs)
         return
@@ -157,7 +159,7 @@ def worker_main(command: str, kwargs: dict[str, Any]) -> None:
         destroy_process_group()
 
 
-def _train(spec: Path, stage: str, work_dir: Path | None, quiet: bool, verbose: bool) -> None:
+def _train(spec: Path, stage: str, work_dir: str | None, quiet: bool, verbose: bool) -> None:
     from hatcli.engine.stage import run_stage
     from hatcli.spec.spec import load_spec
 
@@ -176,7 +178,7 @@ def _resume(
     spec: Path,
     stage: str,
     from_path: Path | None,
-    work_dir: Path | None,
+    work_dir: str | None,
     quiet: bool,
     verbose: bool,
 ) -> None:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from plugin_site import write_plugin_site
 
+from hatcli import plugins
+
 RANK_PLUGIN = textwrap.dedent("""
     import os
     import signal
+    from pathlib import Path
 
     import torch
     import hatcli
@@ -24,6 +31,9 @@ RANK_PLUGIN = textwrap.dedent("""
 
     class RankProbe(Callback):
         def on_step_end(self, ctx):
+            if (folder := os.environ.get("HAT_TEST_PID_DIR")) and ctx.global_step == 1:
+                Path(folder, f".rank{ctx.rank}").write_text(str(os.getpid()))
+                Path(folder, f".rank{ctx.rank}").rename(Path(folder, f"rank{ctx.rank}"))
             if (ctx.global_step == int(os.environ.get("HAT_TEST_KILL_AT_STEP", "0"))
                     and ctx.rank == int(os.environ.get("HAT_TEST_KILL_RANK", "0"))):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -85,7 +95,13 @@ stages:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return write_plugin_site(tmp_path_factory.mktemp("site"), "hat_test_rank", RANK_PLUGIN)
+    site = write_plugin_site(tmp_path_factory.mktemp("site"), "hat_test_rank", RANK_PLUGIN)
+    # The launcher's own temporary folders go here, where a test can see what is left.
+    return {**site, "TMPDIR": str(tmp_path_factory.mktemp("launcher-tmp"))}
+
+
+def launcher_leftovers(env: dict[str, str]) -> list[Path]:
+    return list(Path(env["TMPDIR"]).glob("hat-workers-*"))
 
 
 def spec_file(folder: Path, batch: int, float_checkpoint: Path | None = None) -> Path:
@@ -216,9 +232,99 @@ def test_a_killed_rank_stops_the_run_and_resume_continues_it(
         assert torch.equal(tensor, reference[name]), name
 
 
-def test_the_same_spec_runs_under_torchrun(hat_cli, env, runs, tmp_path: Path) -> None:
-    import subprocess
+@pytest.mark.slow
+def test_the_launcher_removes_its_temporary_folders_after_success_and_failure(
+    hat_cli, env, runs, tmp_path: Path
+) -> None:
+    assert not launcher_leftovers(env)  # after the runs that succeeded
+    spec = spec_file(tmp_path, 32)
+    failed = hat_cli(
+        "train",
+        spec,
+        "--stage",
+        "float",
+        "--work-dir",
+        tmp_path,
+        "--nproc",
+        "2",
+        "-q",
+        env={**env, "HAT_TEST_KILL_AT_STEP": "3", "HAT_TEST_KILL_RANK": "1"},
+    )
+    assert failed.returncode != 0, failed.stderr
+    assert not launcher_leftovers(env)
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["kill -TERM launcher", "Ctrl-C in a terminal"])
+def test_a_signal_to_the_launcher_makes_the_workers_save_and_stop(
+    env, tmp_path: Path, how: str
+) -> None:
+    spec = spec_file(tmp_path, 32)
+    spec.write_text(spec.read_text().replace("num_steps: 30", "num_steps: 100000", 1))
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    environ = {k: v for k, v in os.environ.items() if k != plugins.LOAD_PLUGINS_ENV}
+    launcher = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "hatcli", "train", str(spec), "--stage", "float"),
+            *("--work-dir", str(tmp_path), "--nproc", "2", "-q"),
+        ],
+        env={**environ, **env, "HAT_TEST_PID_DIR": str(pids)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    )
+    last = tmp_path / "float-checkpoint-last.pth.tar"
+    try:
+        deadline = time.monotonic() + 300
+        while not (last.exists() and len(worker_pids(pids)) == 2):
+            assert launcher.poll() is None, launcher.communicate()
+            assert time.monotonic() < deadline, "no checkpoint in 5 minutes"
+            time.sleep(0.1)
+        if how == "kill -TERM launcher":  # reaches the launcher only
+            signum = signal.SIGTERM
+            os.kill(launcher.pid, signum)
+        else:  # a terminal sends Ctrl-C to its foreground process group
+            signum = signal.SIGINT
+            os.killpg(launcher.pid, signum)
+        _, stderr = launcher.communicate(timeout=120)
+        assert all(gone(pid) for pid in worker_pids(pids))  # none outlives the launcher
+    finally:  # whatever failed, leave no process behind
+        for pid in [launcher.pid, *worker_pids(pids)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        launcher.wait()
+    assert launcher.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "again: stopping now" not in stderr, stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("interrupted")]
+    assert len(stopped) == 1 and stderr.strip().endswith(stopped[0]), stderr
+    found = re.fullmatch(
+        rf"interrupted: stopped by {signum.name} after step (\d+); the last checkpoint holds it",
+        stopped[0],
+    )
+    assert found, stopped
+    assert torch.load(last, weights_only=True)["global_step"] == int(found.group(1))
+    assert not launcher_leftovers(env)
+
+
+def worker_pids(folder: Path) -> list[int]:
+    return [int(p.read_text()) for p in folder.glob("rank*")]
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (within a moment: an orphan is reaped by init)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_same_spec_runs_under_torchrun(hat_cli, env, runs, tmp_path: Path) -> None:
     spec = spec_file(tmp_path, 32)
     result = subprocess.run(
         [

@@ -97,6 +97,21 @@ def test_work_dir_that_is_a_file(tmp_path: Path) -> None:
     one_line_error(result, "is not a folder")
 
 
+@pytest.mark.parametrize("command", ["train", "resume"])
+def test_an_empty_work_dir_option_is_refused_like_an_empty_work_dir_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # '' must not become the current folder
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(FLOAT_ONLY)
+    result = hat(command, spec, "--stage", "float", "--work-dir", "", "-q")
+    line = one_line_error(result)
+    assert line == "error: --work-dir: '' should be non-empty (as work_dir in a spec)"
+    assert list(tmp_path.iterdir()) == [spec]
+    spec.write_text(FLOAT_ONLY.replace("work_dir: runs/{name}", 'work_dir: ""'))
+    assert "work_dir: '' should be non-empty" in hat("validate", spec).stderr
+
+
 def test_optimizer_state_of_another_optimizer(tmp_path: Path) -> None:
     first = run_float(tmp_path, FLOAT_ONLY.replace("num_epochs: 12", "num_epochs: 1"))
     assert first.exit_code == 0, first.output

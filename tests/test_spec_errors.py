@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import textwrap
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 import hatcli
 from hatcli.errors import SpecError
-from hatcli.spec.loader import MAX_EXPANDED_NODES
+from hatcli.spec.loader import MAX_EXPANDED_NODES, load_yaml
 
 GOOD = """\
 version: 1
@@ -70,6 +71,16 @@ CASES = [
     ),
     ("no model", "model: &model {type: DigitsNet, num_classes: 10}\n", "", "8:3", "no model"),
     ("tag", "name: digits", "name: !!python/name:os.system digits", "2:7", "not allowed"),
+    ("omap", "name: digits", "name: digits\nx-o: !!omap [a: 1]", "3:6", "tag '!!omap' is not"),
+    ("set", "name: digits", "name: digits\nx-s: !!set {a}", "3:6", "tag '!!set' is not allowed"),
+    ("pairs", "name: digits", "name: digits\nx-p: !!pairs [a: 1]", "3:6", "'!!pairs' is not"),
+    ("binary", "name: digits", "name: digits\nx-b: !!binary aGk=", "3:6", "'!!binary' is not"),
+    ("timestamp", "name: digits", "name: !!timestamp 2001-12-14", "2:7", "'!!timestamp' is not"),
+    ("merged tag", "name: digits", "name: digits\nx-m: {<<: !!set {a}}", "3:6", "'!!set' is not"),
+    ("tagged key", "name: digits", "name: digits\n!!binary aGk=: 1", "3:1", "'!!binary' is not"),
+    ("bad !!int", "name: digits", "name: digits\nx-i: !!int abc", "3:6", "cannot read 'abc' as"),
+    ("bad !!bool", "name: digits", "name: digits\nx-i: !!bool maybe", "3:6", "cannot read"),
+    ("self alias", "name: digits", "name: digits\nx-a: &a [1, *a]", "3:13", "inside the node"),
     ("duplicate key", "name: digits", "name: digits\nname: again", "3:1", "duplicate key"),
     ("yaml syntax", "callbacks:", "callbacks: [", "14:7", "YAML"),
     ("stage name all", "  float:", "  all:", "9:3", "name 'all' is not allowed"),
@@ -137,6 +148,40 @@ def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         hatcli.load_spec(path)
     assert f"more than {MAX_EXPANDED_NODES} nodes" in str(info.value)
+
+
+def test_an_unquoted_date_is_a_string(tmp_path: Path) -> None:
+    # YAML 1.2's core schema has no timestamps; ruamel would build a datetime.date.
+    text = GOOD.replace("name: digits", "name: 2024-01-31")
+    assert hatcli.load_spec(write_spec(tmp_path, text)).name == "2024-01-31"
+
+
+def test_a_mapping_made_only_of_merges_loads(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "    optimizer: {type: SGD, lr: 0.1, momentum: 0.9}",
+        "    optimizer: {<<: [*sgd]}",
+    ).replace("name: digits", "name: digits\nx-sgd: &sgd {type: SGD, lr: 0.1}")
+    spec = hatcli.load_spec(write_spec(tmp_path, text))
+    assert spec.stage("float").get("optimizer") == {"type": "SGD", "lr": 0.1}
+
+
+def test_any_bytes_give_data_or_a_spec_error(tmp_path: Path) -> None:
+    pieces = [b"!!omap ", b"!!set ", b"!!pairs ", b"!!binary ", b"!!timestamp ", b"!!int "]
+    pieces += [b"!!bool ", b"!!float ", b"!!map ", b"!!seq ", b"!!str ", b"!x ", b"&a ", b"*a"]
+    pieces += [b"<<: ", b"? ", b"[", b"]", b"{", b"}", b",", b": ", b"- ", b"\n", b"  ", b"'"]
+    pieces += [b'"', b"%YAML 1.1\n", b"---\n", b"\t", b"\xff", b"\x00", b"1e400", b"~", b"#"]
+    rng = random.Random(0)
+    path = tmp_path / "spec.yaml"
+    for _ in range(300):
+        data = bytearray(GOOD.encode())
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randint(0, len(data))
+            data[at:at] = rng.choice(pieces)
+        path.write_bytes(data)
+        try:
+            load_yaml(path)
+        except SpecError as exc:
+            assert all(line.startswith(f"{path}:") for line in str(exc).splitlines())
 
 
 @pytest.mark.parametrize(

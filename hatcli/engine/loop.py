@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from hatcli.engine.context import LoopContext
 from hatcli.engine.data_checks import all_finite, checked_forward, data_name, named_batches
+from hatcli.engine.distributed import any_process
 from hatcli.engine.interrupt import GracefulInterrupt, Interrupted
 from hatcli.engine.sampler import EpochSampler
 from hatcli.errors import DataError, RunError
@@ -101,10 +103,14 @@ class Trainer:
         self.stop_if_signalled(ctx, interrupt)
 
     def stop_if_signalled(self, ctx: LoopContext, interrupt: GracefulInterrupt) -> None:
-        """After an event: on a signal, let callbacks save (``on_interrupt``), then stop."""
-        if interrupt.signum is not None:
+        """After an event: on a signal, let callbacks save (``on_interrupt``), then stop.
+
+        Under ``--nproc`` every rank stops at the same step, the first at which any rank
+        has seen a signal, so rank 0 saves the step all of them reached.
+        """
+        if any_process(interrupt.signum is not None):
             self.emit("on_interrupt", ctx)
-            raise Interrupted(interrupt.signum, ctx.global_step)
+            raise Interrupted(interrupt.signum or signal.SIGTERM, ctx.global_step)
 
     def begin_epoch(self, ctx: LoopContext) -> None:
         """Before ``on_epoch_begin``: puts the model in training mode."""

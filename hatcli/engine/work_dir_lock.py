@@ -40,6 +40,8 @@ def locked_stages(work_dir: Path, stages: list[str]) -> Iterator[None]:
     A stage another process holds raises ``InputError`` at once, before anything of
     this run is written.
     """
+    if work_dir.exists() and not work_dir.is_dir():
+        raise InputError(f"work_dir {work_dir} exists and is not a folder")
     with contextlib.ExitStack() as stack:
         for stage in stages:
             stack.enter_context(_locked(work_dir, stage))

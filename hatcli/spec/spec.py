@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hatcli.errors import Problem, SpecError
+from hatcli.errors import InputError, Problem, SpecError
 from hatcli.spec.interpolate import interpolate, interpolate_string
 from hatcli.spec.loader import JsonPath, Positions, load_yaml
 from hatcli.spec.validate import validate
@@ -92,8 +92,12 @@ def _variables(data: dict[str, Any], path: Path, positions: Positions) -> dict[s
 def load_spec(path: str | Path, *, work_dir: str | Path | None = None) -> Spec:
     """Load, validate and interpolate a spec; raise ``SpecError`` with every located problem.
 
-    ``work_dir`` overrides the spec's own ``work_dir``.
+    ``work_dir`` overrides the spec's own ``work_dir`` (``hat --work-dir``); like the
+    spec's key it must not be empty (``InputError``).
     """
+    if work_dir is not None and str(work_dir) == "":
+        # Path("") would quietly be the current folder; the CLI passes the raw string.
+        raise InputError("--work-dir: '' should be non-empty (as work_dir in a spec)")
     path = Path(path)
     data, positions = load_yaml(path)
     problems = validate(data, positions)
