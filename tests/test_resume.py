@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,6 @@ def assert_same_final_state(reference: Path, resumed: Path) -> None:
     for index, state in a["optimizer"]["state"].items():
         for key, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
-    assert a["absorbed_bn"] == b["absorbed_bn"]
     assert a["best"] == b["best"] and a["metrics"] == b["metrics"]
 
 
@@ -165,10 +165,19 @@ def float_reference(hat_cli, plugin_env, tmp_path_factory: pytest.TempPathFactor
     return work
 
 
-def kill_and_resume(hat_cli, env, folder: Path, stage_text: str, stage: str, **kill: str) -> Path:
+def kill_and_resume(
+    hat_cli,
+    env,
+    folder: Path,
+    stage_text: str,
+    stage: str,
+    between: Callable[[Path], None] = lambda last: None,
+    **kill: str,
+) -> Path:
     spec = write_spec(folder, stage_text)
     killed = run(hat_cli, env, "train", spec, "--stage", stage, "--work-dir", folder, **kill)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    between(folder / f"{stage}-checkpoint-last.pth.tar")
     resumed = run(hat_cli, env, "resume", spec, "--stage", stage, "--work-dir", folder)
     assert resumed.returncode == 0, resumed.stderr
     return folder / f"{stage}-checkpoint-last.pth.tar"
@@ -217,13 +226,47 @@ def test_qat_stage_killed_and_resumed_is_bit_exact(
     assert_same_final_state(reference / "qat-checkpoint-last.pth.tar", resumed)
     final = torch.load(resumed, weights_only=True)
     if mode != "fuse_bn":
-        assert final["absorbed_bn"] == ["stem", "block_conv1", "block_conv2"]
         keys = final["state_dict"]
+        absorbed = {k for k, v in keys.items() if k.endswith("._extra_state") and bool(v)}
+        assert absorbed == {f"{m}._extra_state" for m in ("stem", "block_conv1", "block_conv2")}
         assert not any(
             k.startswith(("stem.bn.", "block_conv1.bn.", "block_conv2.bn.")) for k in keys
         )
         assert any(k.startswith("down.bn.") for k in keys)  # not named in FuseBN: kept
     assert any("activation_post_process.min_val" in k for k in final["state_dict"])
+
+
+def as_saved_by_hat_0_1(checkpoint: Path) -> None:
+    """Rewrite ``checkpoint`` as hat 0.1 wrote it: the absorbed BN in a top-level
+    ``absorbed_bn`` list, and no extra state in the model's state dict."""
+    state = torch.load(checkpoint, weights_only=True)
+    weights = state["state_dict"]
+    flags = {k.removesuffix("._extra_state"): bool(v) for k, v in weights.items() if "extra" in k}
+    assert flags == {"stem": True, "block_conv1": False, "block_conv2": False, "down": False}
+    state["state_dict"] = {k: v for k, v in weights.items() if not k.endswith("_extra_state")}
+    state["absorbed_bn"] = [name for name, absorbed in flags.items() if absorbed]
+    torch.save(state, checkpoint)
+
+
+def test_qat_checkpoint_of_hat_0_1_resumes_bit_exact(
+    hat_cli, plugin_env, float_reference: Path, tmp_path: Path
+) -> None:
+    stage = qat_stage("with_bn", float_reference / "float-checkpoint-best.pth.tar")
+    reference = tmp_path / "reference"
+    spec = write_spec(reference, stage)
+    result = run(hat_cli, plugin_env, "train", spec, "--stage", "qat", "--work-dir", reference)
+    assert result.returncode == 0, result.stderr
+    resumed = kill_and_resume(
+        hat_cli,
+        plugin_env,
+        tmp_path / "killed",
+        stage,
+        "qat",
+        between=as_saved_by_hat_0_1,  # killed at step 33: stem absorbed at 25
+        HAT_TEST_KILL_AT_STEP="33",
+    )
+    assert_same_final_state(reference / "qat-checkpoint-last.pth.tar", resumed)
+    assert "absorbed_bn" not in torch.load(resumed, weights_only=True)
 
 
 def test_sigterm_saves_the_step_and_exits_143_then_resume_is_exact(

@@ -46,7 +46,6 @@ class LoopContext:
     rank: int = 0
     forward_model: nn.Module | None = None
     on_model_changed: Callable[[], None] | None = None
-    absorbed_bn: list[str] = field(default_factory=list)
     stop_requested: Callable[[], bool] = field(default=lambda: False)
 
     @property

@@ -7,7 +7,15 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from hatcli.spec import defaults
 from hatcli.spec.loader import JsonPath, Positions
+from hatcli.spec.spec import StageSpec
+
+
+def stage_qat_mode(stage: StageSpec) -> str:
+    """The qat_mode the stage's ``model_convert_pipeline`` gives its converters."""
+    pipeline = stage.get("model_convert_pipeline") or {}
+    return str(pipeline.get("qat_mode", defaults.QAT_MODE))
 
 
 @dataclass
@@ -20,7 +28,6 @@ class ConvertContext:
     path: JsonPath = ()
     loaded_checkpoint: dict[str, Any] | None = None
     loaded_from: str | None = None
-    absorbed_bn: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,4 +1,4 @@
-"""Putting a checkpoint's weights into a model, shaped first as the checkpoint expects."""
+"""Putting a checkpoint's weights into a model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from hatcli.errors import CheckpointError
-from hatcli.quant import absorb_bn
+from hatcli.quant.legacy import with_absorbed_flags
 
 
 def _summarise(names: list[str], limit: int = 3) -> str:
@@ -16,28 +16,30 @@ def _summarise(names: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def absorb_like(model: nn.Module, names: list[str], source: str) -> None:
-    """Absorb the BN of ``names``, as ``FuseBN`` had when the checkpoint was saved."""
-    for name in names:
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise CheckpointError(
-                f"{source}: was saved with the BN of {name!r} absorbed, but the model "
-                f"({type(model).__name__}) has no such sub-module"
-            ) from None
-        absorb_bn(module)
-
-
 def load_weights(
     model: nn.Module, checkpoint: dict[str, Any], source: str, *, strict: bool = True
 ) -> None:
-    """Load ``checkpoint['state_dict']`` into ``model``; a mismatch names the tensors."""
-    absorb_like(model, list(checkpoint.get("absorbed_bn") or []), source)
-    state = checkpoint["state_dict"]
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    """Load ``checkpoint['state_dict']`` into ``model``; a mismatch names the tensors.
+
+    A module's own state loads first and may reshape it (a QAT block absorbs the BN the
+    saved one had absorbed), so the tensors are matched against the model as loaded.
+    """
+    try:
+        # hat 0.1 kept the absorbed BN in a list beside the state dict.
+        state = with_absorbed_flags(
+            model, checkpoint["state_dict"], list(checkpoint.get("absorbed_bn") or [])
+        )
+    except LookupError as exc:
+        raise CheckpointError(f"{source}: {exc.args[0]}") from None
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        mismatched = re.findall(r"size mismatch for ([\w.]+)", str(exc))
+        detail = f"shape mismatch in {_summarise(mismatched)}" if mismatched else str(exc)
+        raise CheckpointError(
+            f"{source}: does not fit the model ({type(model).__name__}): {detail.splitlines()[0]}"
+        ) from None
+    missing, unexpected = result.missing_keys, result.unexpected_keys
     if strict and (missing or unexpected):
         parts = []
         if missing:
@@ -51,11 +53,3 @@ def load_weights(
             f"built it so far{hint}: {'; '.join(parts)}; check the converter order, or set "
             "strict: false"
         )
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        mismatched = re.findall(r"size mismatch for ([\w.]+)", str(exc))
-        detail = f"shape mismatch in {_summarise(mismatched)}" if mismatched else str(exc)
-        raise CheckpointError(
-            f"{source}: does not fit the model ({type(model).__name__}): {detail.splitlines()[0]}"
-        ) from None

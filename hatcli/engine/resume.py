@@ -9,10 +9,9 @@ from typing import Any
 
 from hatcli.engine.build import build_component
 from hatcli.engine.checkpoint_io import load_checkpoint
+from hatcli.engine.convert import stage_qat_mode
 from hatcli.errors import CheckpointError, InputError
 from hatcli.spec.spec import Spec
-
-DEFAULT_QAT_MODE = "fuse_bn"
 
 
 @dataclass(frozen=True)
@@ -102,8 +101,7 @@ def check_fits(spec: Spec, stage_name: str, point: ResumePoint, world_size: int 
             f"{point.path}: saved by stage {saved_stage!r}, not {stage_name!r}; resume "
             f"'{saved_stage}' instead, or give --from a checkpoint of {stage_name!r}"
         )
-    pipeline = spec.stage(stage_name).get("model_convert_pipeline") or {}
-    wanted_mode = pipeline.get("qat_mode", DEFAULT_QAT_MODE)
+    wanted_mode = stage_qat_mode(spec.stage(stage_name))
     saved_mode = meta.get("qat_mode")
     if saved_mode is not None and saved_mode != wanted_mode:
         raise CheckpointError(

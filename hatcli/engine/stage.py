@@ -21,7 +21,7 @@ from hatcli.engine.build import build_component, located, split_node
 from hatcli.engine.callback import Callback
 from hatcli.engine.checkpoint_io import atomic_write_bytes
 from hatcli.engine.context import LoopContext
-from hatcli.engine.convert import ConvertContext
+from hatcli.engine.convert import ConvertContext, stage_qat_mode
 from hatcli.engine.launch import LAUNCHED_BY_HAT
 from hatcli.engine.load_weights import load_weights
 from hatcli.engine.progress import ProgressReporter
@@ -35,7 +35,6 @@ from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.spec.spec import Spec, StageSpec
 
 LOADER_KEYS = ("batch_size", "shuffle", "drop_last", "num_workers")
-DEFAULT_QAT_MODE = "fuse_bn"
 
 
 def seed_everything(seed: int) -> None:
@@ -69,8 +68,9 @@ def build_model(
     if not isinstance(model, nn.Module):
         raise located(spec.positions, stage.where("model"), "the factory did not return a Module")
     pipeline = stage.get("model_convert_pipeline") or {}
-    context = context or ConvertContext(stage.name, DEFAULT_QAT_MODE, spec.positions)
-    context.qat_mode = pipeline.get("qat_mode", DEFAULT_QAT_MODE)
+    qat_mode = stage_qat_mode(stage)
+    context = context or ConvertContext(stage.name, qat_mode, spec.positions)
+    context.qat_mode = qat_mode
     for index, node in enumerate(pipeline.get("converters", [])):
         path = stage.where("model_convert_pipeline", "converters", index)
         converter = build_component("converters", node, path, spec.positions)
@@ -171,12 +171,11 @@ def build_context(
         raise located(spec.positions, stage.where("device"), str(exc)) from None
     if spec.work_dir.exists() and not spec.work_dir.is_dir():
         raise InputError(f"work_dir {spec.work_dir} exists and is not a folder")
-    convert = ConvertContext(stage.name, DEFAULT_QAT_MODE, spec.positions)
+    convert = ConvertContext(stage.name, stage_qat_mode(stage), spec.positions)
     model = build_model(spec, stage, context=convert)
     if resume is not None:
         load_weights(model, resume.checkpoint, str(resume.path))
         convert.loaded_checkpoint = resume.checkpoint
-        convert.absorbed_bn = list(resume.checkpoint.get("absorbed_bn") or [])
     if trainer is not None and hasattr(trainer, "prepare_model"):
         model = trainer.prepare_model(model)  # e.g. SyncBatchNorm, before the optimizer
     model = model.to(device)
@@ -214,7 +213,6 @@ def build_context(
         log_interval=int(stage.get("log_interval", 10)),
         rank=distributed.rank(),
         world_size=distributed.world_size(),
-        absorbed_bn=list(convert.absorbed_bn),
     )
     if stage.get("optimizer") is not None:
         ctx.optimizer = build_component(

@@ -105,7 +105,6 @@ def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
         "step_in_epoch": ctx.step_in_epoch,
         "metrics": dict(ctx.metrics),
         "finished": ctx.finished,
-        "absorbed_bn": list(ctx.absorbed_bn),
         "rng": rng_state(),
         "callbacks": {key: cb.state_dict() for key, cb in _keyed(ctx.callbacks)},
         "log_offset": log_size(ctx),
@@ -155,7 +154,6 @@ def restore_training_state(
     ctx.global_step = int(checkpoint.get("global_step", 0))
     ctx.step_in_epoch = int(checkpoint.get("step_in_epoch", 0))
     ctx.metrics = dict(checkpoint.get("metrics", {}))
-    ctx.absorbed_bn = list(checkpoint.get("absorbed_bn", []))
     saved = checkpoint.get("callbacks", {})
     try:
         for key, callback in _keyed(ctx.callbacks):

@@ -21,6 +21,12 @@ def absorb_bn(module: nn.Module) -> dict[nn.Parameter, nn.Parameter | None]:
     return mapping
 
 
+def holds_bn(module: nn.Module) -> bool:
+    """Whether ``module`` (itself included) holds a QAT conv-BN block that trains with BN
+    or did until its BN was absorbed: what ``FuseBN`` may name."""
+    return any(isinstance(m, QATConv2d) and (m.has_bn or m.bn_absorbed) for m in module.modules())
+
+
 def update_optimizer_params(
     optimizer: torch.optim.Optimizer, mapping: dict[nn.Parameter, nn.Parameter | None]
 ) -> None:

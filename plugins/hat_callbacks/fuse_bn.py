@@ -9,6 +9,7 @@ from hatcli.engine.callback import Callback
 from hatcli.engine.context import LoopContext
 from hatcli.errors import InputError
 from hatcli.quant import absorb_bn, update_optimizer_params
+from hatcli.quant.absorb_bn import holds_bn
 
 WITH_BN_MODES = ("with_bn", "with_bn_reverse_fold")
 
@@ -50,10 +51,8 @@ class FuseBN(Callback):
                     close = difflib.get_close_matches(name, names, n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     raise InputError(f"FuseBN: the model has no sub-module {name!r}{hint}")
-                if name in self.absorbed or name in ctx.absorbed_bn:
-                    continue  # absorbed before a resume: its BN is gone by design
                 module = ctx.model.get_submodule(name)
-                if not any(getattr(m, "has_bn", False) for m in module.modules()):
+                if not holds_bn(module):  # absorbed before a resume counts: the model says
                     raise InputError(
                         f"FuseBN: {name!r} ({type(module).__name__}) holds no BN to absorb "
                         "(is the model converted by Float2QAT before this stage trains?)"
@@ -80,7 +79,6 @@ class FuseBN(Callback):
         if ctx.on_model_changed is not None:
             ctx.on_model_changed()  # e.g. DDP re-wraps the model without the BN parameters
         self.absorbed.append(name)
-        ctx.absorbed_bn.append(name)
         ctx.log({"event": "fuse_bn", "module": name})
 
     def state_dict(self) -> dict[str, Any]:

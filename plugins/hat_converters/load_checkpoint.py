@@ -10,8 +10,8 @@ from hatcli.engine.load_weights import load_weights
 
 
 class LoadCheckpoint:
-    """Load ``state_dict``; a checkpoint saved after ``FuseBN`` absorbed some BN gets a
-    model of that shape (the same modules absorbed) before its weights go in."""
+    """Load ``state_dict``; a checkpoint saved after ``FuseBN`` absorbed some BN absorbs
+    the same BN in the model (the QAT modules' own state) before its weights go in."""
 
     def __init__(self, checkpoint_path: str, strict: bool = True) -> None:
         self.checkpoint_path = checkpoint_path
@@ -22,7 +22,6 @@ class LoadCheckpoint:
         load_weights(model, checkpoint, self.checkpoint_path, strict=self.strict)
         context.loaded_checkpoint = checkpoint
         context.loaded_from = self.checkpoint_path
-        context.absorbed_bn = list(checkpoint.get("absorbed_bn") or [])
         return model
 
 

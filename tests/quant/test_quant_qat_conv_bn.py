@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.ao.nn.intrinsic.qat as aoqat
+from hat_models.digits_net import DigitsNet
 from quant_fixtures import qat_digits_net
 from torch import nn
 from torch.ao.quantization import FakeQuantize as AOFakeQuantize
@@ -14,7 +15,8 @@ from torch.ao.quantization import QConfig as AOQConfig
 from torch.ao.quantization.observer import MovingAveragePerChannelMinMaxObserver
 
 from hatcli.nn import ConvBN2d
-from hatcli.quant import absorb_bn, get_default_qat_qconfig, set_qat_mode
+from hatcli.quant import absorb_bn, convert, get_default_qat_qconfig, prepare_qat, set_qat_mode
+from hatcli.quant.legacy import with_absorbed_flags
 from hatcli.quant.nn import qat
 from hatcli.quant.qat_tensor import QATTensor
 
@@ -128,6 +130,65 @@ def test_fuse_bn_mode_folds_at_from_float_when_not_fused() -> None:
     m = qat.ConvBN2d.from_float(block, get_default_qat_qconfig())
     assert not m.has_bn and isinstance(block.bn, nn.BatchNorm2d)  # float model untouched
     assert m.conv.weight is not block.conv.weight
+
+
+def _fresh_qat_digits_net(mode: str) -> nn.Module:
+    model = DigitsNet()
+    model.fuse_model()
+    model.set_qconfig()
+    return prepare_qat(model, mode).eval()
+
+
+@pytest.mark.parametrize("mode", ["with_bn", "with_bn_reverse_fold"])
+def test_absorbed_bn_is_the_modules_own_state_and_loads_back(mode: str) -> None:
+    trained = qat_digits_net(mode)
+    absorb_bn(trained.block_conv1)
+    state = trained.state_dict()
+    assert bool(state["block_conv1._extra_state"]) and not bool(state["stem._extra_state"])
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    fresh = _fresh_qat_digits_net(mode)
+    fresh.load_state_dict(state)  # absorbs block_conv1's BN before its weights load
+    assert fresh.block_conv1.bn_absorbed and not fresh.block_conv1.has_bn
+    assert fresh.stem.has_bn and not fresh.stem.bn_absorbed
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), trained(x))
+        assert torch.equal(convert(fresh)(x), convert(trained)(x))
+
+
+def test_a_state_dict_of_hat_0_1_loads_with_its_absorbed_bn_list() -> None:
+    """hat 0.1 saved no extra state; its checkpoints list the absorbed sub-modules."""
+    trained = qat_digits_net("with_bn_reverse_fold")
+    absorb_bn(trained.block_conv1)
+    absorb_bn(trained.block_conv2)
+    old = {k: v for k, v in trained.state_dict().items() if not k.endswith("_extra_state")}
+    fresh = _fresh_qat_digits_net("with_bn_reverse_fold")
+    with pytest.raises(LookupError, match=r"'block3' absorbed, but the model \(DigitsNet\)"):
+        with_absorbed_flags(fresh, old, ["block3"])
+    fresh.load_state_dict(with_absorbed_flags(fresh, old, ["block_conv1", "block_conv2"]))
+    assert [m.bn_absorbed for m in (fresh.stem, fresh.block_conv1, fresh.block_conv2)] == [
+        False,
+        True,
+        True,
+    ]
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), trained(x))
+    # "" names the model itself, so every block in it; today's state dicts pass as they are.
+    everything = with_absorbed_flags(fresh, old, [""])
+    assert all(bool(v) for k, v in everything.items() if k.endswith("_extra_state"))
+    today = trained.state_dict()
+    upgraded = with_absorbed_flags(fresh, today, ["stem"])
+    assert upgraded.keys() == today.keys() and all(upgraded[k] is today[k] for k in today)
+
+
+def test_bn_absorbed_here_cannot_be_undone_by_a_load() -> None:
+    trained = qat_digits_net("with_bn")
+    absorbed = _fresh_qat_digits_net("with_bn")
+    absorb_bn(absorbed.stem)
+    result = absorbed.load_state_dict(trained.state_dict(), strict=False)
+    assert absorbed.stem.bn_absorbed
+    assert "stem.bn.weight" in result.unexpected_keys
 
 
 @pytest.mark.parametrize("mode", ["with_bn", "with_bn_reverse_fold"])

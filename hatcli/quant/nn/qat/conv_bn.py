@@ -7,12 +7,15 @@ per-channel fake-quantizer and ``post`` = (residual add) -> activation -> output
 - ``with_bn``: ``post(bn(conv(x, FQ(W)) + b))``
 - ``with_bn_reverse_fold``: ``post(bn(conv(x, FQ(W * s)) / s + b))``; the weight scale is
   learned on ``W * s``, the weight BN absorption will produce, so absorbing is lossless.
+
+Whether BN was absorbed mid-QAT is the module's extra state: a checkpoint restores it
+with ``load_state_dict``, which absorbs BN again before the conv's weights load.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -96,6 +99,7 @@ class Conv2d(IntegerEval):
         assert qconfig.weight is not None
         self.qconfig = qconfig
         self.qat_mode = QATMode(qat_mode)
+        self.bn_absorbed = False
         self.conv = conv
         self.bn = bn if bn is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()
@@ -191,6 +195,7 @@ class Conv2d(IntegerEval):
         bn = self.bn
         fold_bn_into_conv_(self.conv, bn)  # type: ignore[arg-type]
         self.bn = nn.Identity()
+        self.bn_absorbed = True
         mapping: dict[nn.Parameter, nn.Parameter | None] = {
             self.conv.weight: self.conv.weight,
         }
@@ -202,8 +207,24 @@ class Conv2d(IntegerEval):
 
     absorb_bn = fuse_norm
 
+    def get_extra_state(self) -> torch.Tensor:
+        # A tensor, not a dict: a checkpoint's state_dict stays a mapping of names to
+        # tensors, which is what hat accepts from a file.
+        return torch.tensor(self.bn_absorbed)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Absorb BN if the saved module had (called by ``load_state_dict`` before the
+        conv's weights load, so they overwrite the fold). BN absorbed here but not in
+        the saved module cannot come back: the state dict's BN tensors then do not fit."""
+        if not isinstance(state, torch.Tensor) or state.numel() != 1:
+            raise RuntimeError(f"{type(self).__name__}: extra state {state!r} is not a flag")
+        if bool(state) and not self.bn_absorbed:
+            self.fuse_norm()
+            self.bn_absorbed = True
+
     def extra_repr(self) -> str:
-        return f"qat_mode={self.qat_mode.value}"
+        absorbed = ", bn_absorbed=True" if self.bn_absorbed else ""
+        return f"qat_mode={self.qat_mode.value}{absorbed}"
 
 
 class ConvBN2d(Conv2d):
