@@ -46,7 +46,7 @@ class _GridFakeQuantize(torch.autograd.Function):
     to int64, which sends NaN to the low end.)"""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         x: torch.Tensor,
         scale: torch.Tensor,
@@ -59,7 +59,7 @@ class _GridFakeQuantize(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
@@ -70,7 +70,8 @@ class _GridFakeQuantize(torch.autograd.Function):
 def _float32(x: float) -> float:
     """``x`` rounded to float32 (to nearest, ties to even), as a Python float."""
     try:
-        return struct.unpack("<f", struct.pack("<f", x))[0]
+        value: float = struct.unpack("<f", struct.pack("<f", x))[0]
+        return value
     except OverflowError:
         return math.copysign(math.inf, x)
 
@@ -78,7 +79,8 @@ def _float32(x: float) -> float:
 def _float32_step(x: float, steps: int) -> float:
     """The float32 ``steps`` representable values above positive float32 ``x``."""
     bits = struct.unpack("<I", struct.pack("<f", x))[0] + steps
-    return struct.unpack("<f", struct.pack("<I", bits))[0]
+    value: float = struct.unpack("<f", struct.pack("<I", bits))[0]
+    return value
 
 
 def _grid_index(z: float, reciprocal: float) -> int:
@@ -119,7 +121,7 @@ class _ClampFakeQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         z: torch.Tensor,
         fq: FakeQuantize,
@@ -137,7 +139,7 @@ class _ClampFakeQuantize(torch.autograd.Function):
         return _positive_zero_(out.mul_(scale))
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         z, reciprocal = ctx.saved_tensors  # type: ignore[attr-defined]
@@ -229,8 +231,10 @@ class FakeQuantize(nn.Module):
             and type(self.activation_post_process).forward is _Observer.forward
         )
         if not fusable:
-            return self(act(z))
-        y = _ClampFakeQuantize.apply(plain(z), self, 6.0 if relu6 else None)
+            out: torch.Tensor = self(act(z))
+            return out
+        # torch's Function.apply is unannotated: it returns forward's tensor.
+        y: torch.Tensor = _ClampFakeQuantize.apply(plain(z), self, 6.0 if relu6 else None)  # type: ignore[no-untyped-call]
         return QATTensor.wrap(y, self.activation_post_process.calculate_qparams()[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +245,7 @@ class FakeQuantize(nn.Module):
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
         if axis is None:
             if x.dtype == torch.float32:
-                y = _GridFakeQuantize.apply(plain(x), scale, self.quant_min, self.quant_max)
+                y = _GridFakeQuantize.apply(plain(x), scale, self.quant_min, self.quant_max)  # type: ignore[no-untyped-call]
             else:  # torch's kernel, which computes in float32 for every dtype
                 y = torch.fake_quantize_per_tensor_affine(
                     plain(x), scale, zero_point, self.quant_min, self.quant_max
@@ -253,7 +257,10 @@ class FakeQuantize(nn.Module):
             )
         shape = [1] * x.dim()
         shape[axis] = -1
-        return _GridFakeQuantize.apply(x, scale.reshape(shape), self.quant_min, self.quant_max)
+        out: torch.Tensor = _GridFakeQuantize.apply(  # type: ignore[no-untyped-call]
+            x, scale.reshape(shape), self.quant_min, self.quant_max
+        )
+        return out
 
     def extra_repr(self) -> str:
         return (

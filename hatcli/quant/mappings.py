@@ -33,7 +33,8 @@ FLOAT_TO_QAT: dict[type[nn.Module], type[nn.Module]] = {
 }
 """Float type -> QAT type (built by its ``from_float``)."""
 
-QAT_TO_INTEGER: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {
+# A factory takes exactly its key's type, which a dict's value type cannot say: ``...``.
+QAT_TO_INTEGER: dict[type[nn.Module], Callable[..., nn.Module]] = {
     qat.Conv2d: quantized.Conv2d.from_qat,
     qat.ConvBN2d: quantized.Conv2d.from_qat,
     qat.ConvBNReLU2d: quantized.Conv2d.from_qat,

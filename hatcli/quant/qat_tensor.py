@@ -21,7 +21,7 @@ _KEEP_SCALE = _SHAPE_OPS | _ELEMENTWISE_SAFE
 class QATTensor(torch.Tensor):
     """Float values on the int8 grid of ``q_scale`` (a 0-d float32 tensor)."""
 
-    q_scale: torch.Tensor
+    q_scale: torch.Tensor  # type: ignore[assignment]  # shadows Tensor.q_scale() on purpose
 
     @staticmethod
     def wrap(x: torch.Tensor, scale: torch.Tensor) -> QATTensor:

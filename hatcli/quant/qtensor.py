@@ -51,7 +51,7 @@ _PASS: set[Callable[..., Any]] = {torch.Tensor.__repr__, torch.Tensor.__format__
 class QTensor(torch.Tensor):
     """Integer tensor (int8 or int32) with its quantization scale."""
 
-    q_scale: torch.Tensor
+    q_scale: torch.Tensor  # type: ignore[assignment]  # shadows Tensor.q_scale() on purpose
     q_axis: int | None
 
     @staticmethod
@@ -72,12 +72,12 @@ class QTensor(torch.Tensor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
 
-    def int_repr(self) -> torch.Tensor:  # type: ignore[override]
+    def int_repr(self) -> torch.Tensor:
         """The integers, as a plain tensor sharing memory."""
         with torch._C.DisableTorchFunctionSubclass():
             return torch.Tensor.as_subclass(self, torch.Tensor)
 
-    def dequantize(self) -> torch.Tensor:  # type: ignore[override]
+    def dequantize(self) -> torch.Tensor:
         """The float32 values ``int_repr() * q_scale``."""
         ints = self.int_repr()
         scale = self.q_scale.to(ints.device)

@@ -23,7 +23,7 @@ def propagate_qconfig_(module: nn.Module, qconfig: QConfig | None = None) -> Non
     """Give every submodule a ``qconfig``: its own if it set one (``None`` included,
     which keeps it float), else its parent's."""
     qconfig = getattr(module, "qconfig", qconfig)
-    module.qconfig = qconfig
+    module.qconfig = qconfig  # type: ignore[assignment]  # torch: __setattr__ is Tensor|Module
     for child in module.children():
         propagate_qconfig_(child, qconfig)
 
@@ -59,7 +59,7 @@ def _swap(
 def _from_float(qat_type: type[nn.Module], mode: QATMode) -> Callable[[nn.Module], nn.Module]:
     """``qat_type.from_float``, given the mode if it takes one (as torch.ao's
     ``swap_module`` passes ``use_precomputed_fake_quant`` only where it is a parameter)."""
-    from_float = qat_type.from_float  # type: ignore[attr-defined]
+    from_float: Callable[..., nn.Module] = qat_type.from_float  # type: ignore[attr-defined]
     if "qat_mode" in inspect.signature(from_float).parameters:
         return functools.partial(from_float, qat_mode=mode)
     return from_float

@@ -6,6 +6,8 @@ value off the grid, so its output is fake-quantized.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +44,8 @@ class ReLU6(IntegerEval):
 
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> ReLU6:
-        return cls(qconfig if qconfig is not None else mod.qconfig)
+        # prepare_qat swaps only modules whose qconfig is set.
+        return cls(qconfig if qconfig is not None else cast(QConfig, mod.qconfig))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         app = self.activation_post_process

@@ -15,7 +15,7 @@ with ``load_state_dict``, which absorbs BN again before the conv's weights load.
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ class _ReverseFoldWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         w: torch.Tensor,
         s: torch.Tensor,
@@ -53,11 +53,11 @@ class _ReverseFoldWeight(torch.autograd.Function):
                 v, channel_view(scale, w.dim()), fq.quant_min, fq.quant_max
             )
         out = v.div_(s_view)
-        ctx.save_for_backward(w, s, out, inside)
+        ctx.save_for_backward(w, s, out, inside)  # type: ignore[arg-type]  # None is accepted
         return out
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         w, s, out, inside = ctx.saved_tensors  # type: ignore[attr-defined]
@@ -128,7 +128,9 @@ class Conv2d(IntegerEval):
         mode = get_qat_mode() if qat_mode is None else QATMode(qat_mode)
         if isinstance(mod, nn.Conv2d):
             return cls(mod, qconfig, qat_mode=mode)
-        conv, bn = mod.conv, mod.bn
+        # Every other _FLOAT is a hatcli.nn.ConvBN2d (sub)class.
+        block = cast(float_nn.ConvBN2d, mod)
+        conv, bn = block.conv, block.bn
         if mode is QATMode.FuseBN and isinstance(bn, nn.BatchNorm2d):
             conv = copy.deepcopy(conv)
             fold_bn_into_conv_(conv, bn)
@@ -145,8 +147,10 @@ class Conv2d(IntegerEval):
         s_in = input_scale(x)
         x = plain(x)
         if not self.has_bn:
-            w = fq(conv.weight)
-            return conv._conv_forward(x, w, fake_quantize_bias(conv.bias, s_in, fq.scale))
+            w: torch.Tensor = fq(conv.weight)
+            b = fake_quantize_bias(conv.bias, s_in, fq.scale)
+            y: torch.Tensor = conv._conv_forward(x, w, b)
+            return y
         bn = self.bn
         s = bn_scale(bn)  # type: ignore[arg-type]
         reverse = self.qat_mode is QATMode.WithBNReverseFold
@@ -157,11 +161,12 @@ class Conv2d(IntegerEval):
             if not reverse:
                 w = fq(conv.weight)
             elif conv.weight.dtype == torch.float32 and fq.ch_axis in (0, None):
-                w = _ReverseFoldWeight.apply(conv.weight, s, fq)
+                w = _ReverseFoldWeight.apply(conv.weight, s, fq)  # type: ignore[no-untyped-call]
             else:
                 s_view = channel_view(s, conv.weight.dim())
                 w = fq(conv.weight * s_view) / s_view
-            return bn(conv._conv_forward(x, w, conv.bias))
+            out: torch.Tensor = bn(conv._conv_forward(x, w, conv.bias))
+            return out
         w = fq(conv.weight * channel_view(s, conv.weight.dim())) if reverse else fq(conv.weight)
         # Eval: BN with running stats is affine, computed in the folded form the integer
         # model uses (same weight integers, bias rounded to the same int32 grid).
@@ -175,7 +180,10 @@ class Conv2d(IntegerEval):
 
     def _post(self, y: torch.Tensor) -> torch.Tensor:
         app = self.activation_post_process
-        return app.after_activation(y, self.act) if app is not None else self.act(y)
+        if app is not None:
+            return app.after_activation(y, self.act)
+        out: torch.Tensor = self.act(y)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.exact_eval(lambda: self._post(self._conv_bn(x)), [x])
@@ -196,11 +204,12 @@ class Conv2d(IntegerEval):
         fold_bn_into_conv_(self.conv, bn)  # type: ignore[arg-type]
         self.bn = nn.Identity()
         self.bn_absorbed = True
-        mapping: dict[nn.Parameter, nn.Parameter | None] = {
-            self.conv.weight: self.conv.weight,
-        }
+        # torch types a conv's weight and bias as Tensor; they are Parameters.
+        weight = cast(nn.Parameter, self.conv.weight)
+        mapping: dict[nn.Parameter, nn.Parameter | None] = {weight: weight}
         if self.conv.bias is not None:
-            mapping[self.conv.bias] = self.conv.bias
+            bias = cast(nn.Parameter, self.conv.bias)
+            mapping[bias] = bias
         for p in bn.parameters():
             mapping[p] = None
         return mapping
@@ -248,7 +257,7 @@ class ConvBNReLU62d(Conv2d):
 class ConvBNAdd2d(Conv2d):
     """QAT ``hatcli.nn.ConvBNAdd2d``: the residual joins before the output fake-quant."""
 
-    _FLOAT = float_nn.ConvBNAdd2d
+    _FLOAT: ClassVar[type[nn.Module]] = float_nn.ConvBNAdd2d
     has_residual = True
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

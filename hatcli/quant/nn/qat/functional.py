@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ class QFunctional(IntegerEval):
 
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> QFunctional:
-        return cls(qconfig if qconfig is not None else mod.qconfig)
+        # prepare_qat swaps only modules whose qconfig is set.
+        return cls(qconfig if qconfig is not None else cast(QConfig, mod.qconfig))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("QFunctional is not called directly: use .add, .cat or .mul")

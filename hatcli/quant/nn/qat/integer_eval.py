@@ -81,7 +81,8 @@ class IntegerEval(nn.Module):
         key = self._twin_key()
         cached = self.__dict__.get("_integer_twin")
         if cached is not None and cached[0] == key:
-            return cached[1]
+            twin: nn.Module = cached[1]
+            return twin
         if _twin_factory is None:
             raise RuntimeError("no integer twin factory installed: import hatcli.quant first")
         with torch.no_grad():
@@ -133,4 +134,4 @@ class IntegerEval(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:  # .to(), .cuda(), ...
         self.__dict__.pop("_integer_twin", None)
-        return super()._apply(fn, recurse)
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # torch: untyped

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,8 @@ class Linear(IntegerEval):
         qconfig = _qconfig_of(mod, qconfig)
         if isinstance(mod, nn.Linear):
             return cls(mod, qconfig)
-        return cls(mod.linear, qconfig, act=mod.act)
+        block = cast(float_nn.LinearReLU, mod)  # every other _FLOAT is a LinearReLU (sub)class
+        return cls(block.linear, qconfig, act=block.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.exact_eval(lambda: self._simulate(x), [x])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +26,8 @@ class AdaptiveAvgPool2d(IntegerEval):
     def from_float(
         cls, mod: nn.AdaptiveAvgPool2d, qconfig: QConfig | None = None
     ) -> AdaptiveAvgPool2d:
-        qconfig = qconfig if qconfig is not None else mod.qconfig
+        # prepare_qat swaps only modules whose qconfig is set.
+        qconfig = qconfig if qconfig is not None else cast(QConfig, mod.qconfig)
         return cls(mod.output_size, qconfig)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

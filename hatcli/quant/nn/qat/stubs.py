@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -20,10 +22,11 @@ class QuantStub(nn.Module):
 
     @classmethod
     def from_float(cls, mod: nn.Module, qconfig: QConfig | None = None) -> QuantStub:
-        return cls(qconfig if qconfig is not None else mod.qconfig)
+        # prepare_qat swaps only modules whose qconfig is set.
+        return cls(qconfig if qconfig is not None else cast(QConfig, mod.qconfig))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation_post_process(x)
+        return self.activation_post_process(x)  # type: ignore[no-any-return]  # Module.__call__
 
 
 class DeQuantStub(nn.Module):

@@ -137,7 +137,9 @@ class Conv2d(WeightedIntegerModule):
             r, s_res = self._int8_input(residual, "residual")
         p = self.requant_params(s_in, s_res)
         step = self._images_per_chunk(xi)
-        if step >= xi.shape[0] or torch.jit.is_tracing():  # a trace must not fix the batch
+        # A trace must not fix the batch. (torch.jit.is_tracing is public but neither
+        # re-exported nor annotated in torch's stubs.)
+        if step >= xi.shape[0] or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
             out = self._finish(self._accumulate(xi), p, r)
         else:
             out = torch.cat(

@@ -124,7 +124,7 @@ def float32_convolution_is_exact() -> bool:
     reduced-precision setting (torch's oneDNN fp32 precision, oneDNN's default fpmath
     mode) turns this off.
     """
-    if not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]  # torch: untyped
         return False
     conv = getattr(torch.backends.mkldnn, "conv", None)
     if getattr(conv, "fp32_precision", "none") not in ("none", "ieee"):

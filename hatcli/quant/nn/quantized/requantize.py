@@ -39,7 +39,8 @@ def quantize_multiplier(
     bound the integers each multiplier will scale; the shift is then lowered where
     needed so that ``sum(x_bound_i * |m_i|) < FLOAT64_EXACT`` (see the module docstring).
     """
-    fs = [f.to(torch.float64) for f in torch.broadcast_tensors(*factors)]
+    broadcast = torch.broadcast_tensors(*factors)  # type: ignore[no-untyped-call]  # torch: untyped
+    fs = [f.to(torch.float64) for f in broadcast]
     biggest = torch.stack([f.abs() for f in fs]).amax(dim=0)
     # The largest factor gets 31 significant bits; the others share its shift.
     exp = torch.frexp(biggest.clamp(min=2.0**-_MAX_SHIFT)).exponent.to(torch.int64)

@@ -4,11 +4,11 @@ a bias folded into int32, and the requantization constants of each input scale."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import nn
 
+from hatcli.quant.fake_quantize import FakeQuantize
 from hatcli.quant.fuse_modules import channel_view
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier
@@ -27,7 +27,7 @@ class RequantParams:
     bound: int = 2**62  # an upper bound on |sum of the requantization products|
 
 
-def integer_weight(fq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def integer_weight(fq: FakeQuantize, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(int8 weight, float32 per-channel scale)`` exactly as the QAT FakeQuantize rounds."""
     obs = fq.activation_post_process
     if not obs.initialized:
@@ -45,6 +45,9 @@ class WeightedIntegerModule(IntegerModule):
     channels first) into an int32 accumulator, add an int32 bias and requantize to int8
     with a clamp ``[qmin, qmax]``, or keep int32 when ``output_scale`` is ``None``."""
 
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor
     output_scale: torch.Tensor | None
 
     def __init__(
@@ -72,7 +75,8 @@ class WeightedIntegerModule(IntegerModule):
 
     def _apply(self, fn: Any, recurse: bool = True) -> WeightedIntegerModule:  # .to(), ...
         self._forget()
-        return super()._apply(fn, recurse)
+        # torch's Module._apply is unannotated; it returns self.
+        return cast(WeightedIntegerModule, super()._apply(fn, recurse))  # type: ignore[no-untyped-call]
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._forget()
