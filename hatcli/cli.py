@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -141,7 +142,7 @@ def worker_main(command: str, kwargs: dict[str, Any]) -> None:
     """What each launched worker runs: the same command, in one process of the group."""
     from hatcli.engine.distributed import destroy_process_group
 
-    warnings.formatwarning = _format_warning  # type: ignore[assignment]
+    warnings.formatwarning = _format_warning
     try:
         _COMMANDS[command](**kwargs)
     except _LostPeer as exc:
@@ -169,7 +170,7 @@ def _train(spec: Path, stage: str, work_dir: str | None, quiet: bool, verbose: b
         known = ", ".join([*loaded.stage_names, "all"])
         _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
     for name in names:
-        summary = _guard(lambda name=name: run_stage(loaded, name, quiet=quiet), verbose)
+        summary = _guard(functools.partial(run_stage, loaded, name, quiet=quiet), verbose)
         if not quiet and _is_main_process():
             _print_done(name, summary)
 
@@ -356,7 +357,7 @@ def _format_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> 
 
 
 def main() -> None:
-    warnings.formatwarning = _format_warning  # type: ignore[assignment]
+    warnings.formatwarning = _format_warning
     try:
         plugins.load_plugins()
         plugins.register_commands(app)

@@ -288,11 +288,8 @@ def register_commands(app: typer.Typer) -> None:
         try:
             impl.function(**{arg: app for arg in impl.argnames})
             old = {id(info) for info in [*commands, *groups]}
-            added: list[CommandInfo | TyperInfo] = [
-                info
-                for info in [*app.registered_commands, *app.registered_groups]
-                if id(info) not in old
-            ]
+            now: list[CommandInfo | TyperInfo] = [*app.registered_commands, *app.registered_groups]
+            added = [info for info in now if id(info) not in old]
         except Exception as exc:  # a broken plugin must not break hat: drop all it added
             app.registered_callback = callback
             _warn(

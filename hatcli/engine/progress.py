@@ -6,7 +6,14 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from hatcli.engine.callback import Callback
 from hatcli.engine.context import LoopContext
@@ -19,7 +26,7 @@ class ProgressReporter(Callback):
         self.quiet = quiet
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
-        self.task: int | None = None
+        self.task: TaskID | None = None
         self._epoch_started = time.perf_counter()
         self._epoch_samples = 0
 

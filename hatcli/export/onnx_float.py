@@ -25,7 +25,7 @@ def torch_onnx_export(model: nn.Module, example: torch.Tensor) -> Any:
             torch.onnx.export(
                 model,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # a file object works (dynamo=False)
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=["input"],

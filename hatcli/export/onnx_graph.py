@@ -22,7 +22,8 @@ from hatcli.export.result import OutputScale
 
 OPSET = 17
 
-M = TypeVar("M", bound=nn.Module)
+# Covariant: a Call is frozen, so a Call[ConvAdd2d] is a Call[Conv2d].
+M = TypeVar("M", bound=nn.Module, covariant=True)
 
 
 @dataclass

@@ -31,14 +31,15 @@ class TorchScriptExporter(Exporter):
     ) -> None:
         with warnings.catch_warnings():
             # Tracing records the model's fixed scales and shapes, which is the intent.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # torch.jit re-exports TracerWarning, trace and load without annotations.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             try:
-                traced = torch.jit.trace(model, example, check_trace=False)
+                traced = torch.jit.trace(model, example, check_trace=False)  # type: ignore[no-untyped-call]
             except Exception as exc:
                 raise InputError(f"torch.jit.trace failed: {one_line(exc)}") from None
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer)
-        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()))
+        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()))  # type: ignore[no-untyped-call]
         refs, outs, targets = [], [], []
         for x, y in batches:
             refs.append(model(x))

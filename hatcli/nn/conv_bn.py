@@ -34,7 +34,7 @@ class ConvBN2d(nn.Module):
         self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        return self.bn(self.conv(x))  # type: ignore[no-any-return]  # Module.__call__ is Any
 
 
 class ConvBNReLU2d(ConvBN2d):
@@ -45,7 +45,7 @@ class ConvBNReLU2d(ConvBN2d):
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return self.act(self.bn(self.conv(x)))  # type: ignore[no-any-return]  # Module.__call__ is Any
 
 
 class ConvBNReLU62d(ConvBN2d):
@@ -56,14 +56,14 @@ class ConvBNReLU62d(ConvBN2d):
         self.act = nn.ReLU6()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return self.act(self.bn(self.conv(x)))  # type: ignore[no-any-return]  # Module.__call__ is Any
 
 
 class ConvBNAdd2d(ConvBN2d):
     """``bn(conv(x)) + residual``."""
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.bn(self.conv(x)) + residual
+        return self.bn(self.conv(x)) + residual  # type: ignore[no-any-return]  # Module.__call__ is Any
 
 
 class ConvBNAddReLU2d(ConvBN2d):
@@ -74,4 +74,4 @@ class ConvBNAddReLU2d(ConvBN2d):
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.act(self.bn(self.conv(x)) + residual)
+        return self.act(self.bn(self.conv(x)) + residual)  # type: ignore[no-any-return]  # Module.__call__ is Any

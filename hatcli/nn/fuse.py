@@ -14,6 +14,6 @@ def fuse_children(module: nn.Module) -> None:
     """
     for child in module.children():
         if hasattr(child, "fuse_model"):
-            child.fuse_model()
+            child.fuse_model()  # type: ignore[operator]  # torch: __getattr__ is Tensor|Module
         else:
             fuse_children(child)

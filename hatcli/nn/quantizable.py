@@ -39,6 +39,7 @@ class QuantizableModel(nn.Module):
     def set_qconfig(self) -> None:
         """``get_default_qat_qconfig()`` for the whole model, then
         ``get_default_qat_out_qconfig()`` for each of ``output_layers``."""
+        # torch types Module.__setattr__ for Tensors and Modules; any attribute works.
         self.qconfig = get_default_qat_qconfig()
         for name in self.output_layers:
-            self.get_submodule(name).qconfig = get_default_qat_out_qconfig()
+            self.get_submodule(name).qconfig = get_default_qat_out_qconfig()  # type: ignore[assignment]

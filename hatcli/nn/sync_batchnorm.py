@@ -34,7 +34,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     def from_batchnorm(cls, bn: nn.BatchNorm2d) -> SyncBatchNorm2d:
         new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
         new.load_state_dict(bn.state_dict())
-        new.to(bn.weight.device if bn.affine else bn.running_mean.device)
+        # Neither affine nor tracking running stats: no tensor to take a device from.
+        new.to(bn.weight.device if bn.affine else bn.running_mean.device)  # type: ignore[union-attr]
         new.train(bn.training)
         if hasattr(bn, "qconfig"):
             new.qconfig = bn.qconfig
@@ -46,11 +47,14 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         channels = x.shape[1]
         count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
-        stats = _AllReduceSum.apply(stats)
-        total = stats[-1]
-        mean = stats[:channels] / total
-        var = stats[channels : 2 * channels] / total - mean * mean
+        summed: torch.Tensor = _AllReduceSum.apply(stats)  # type: ignore[no-untyped-call]  # torch: untyped
+        total = summed[-1]
+        mean = summed[:channels] / total
+        var = summed[channels : 2 * channels] / total - mean * mean
         if self.track_running_stats:
+            # torch types the running statistics Optional; tracking them means they exist.
+            assert self.running_mean is not None and self.running_var is not None
+            assert self.num_batches_tracked is not None
             with torch.no_grad():
                 momentum = 0.1 if self.momentum is None else self.momentum
                 unbiased = var * total / (total - 1).clamp(min=1)

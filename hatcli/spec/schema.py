@@ -17,12 +17,15 @@ COMMON_KEYWORD = "x-hat-common"
 @cache
 def base_schema() -> dict[str, Any]:
     text = importlib.resources.files("hatcli.schemas").joinpath("hat.schema.json").read_text()
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 def component_schema(component: plugins.Component, common: dict[str, Any]) -> dict[str, Any]:
     """The schema of one component node: its ``type`` and parameters plus shared keys."""
-    own = copy.deepcopy(component.schema) if component.schema else {"type": "object"}
+    own: dict[str, Any] = (
+        copy.deepcopy(component.schema) if component.schema else {"type": "object"}
+    )
     properties = {"type": {"const": component.name}, **common, **own.get("properties", {})}
     own["properties"] = properties
     own["type"] = "object"
@@ -53,4 +56,5 @@ def assembled_schema() -> dict[str, Any]:
     This is what ``hat schema`` prints for editors; ``hat validate`` uses the base
     schema and checks components itself, to give one precise message per problem.
     """
-    return _assemble(base_schema())
+    schema: dict[str, Any] = _assemble(base_schema())
+    return schema
