@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -80,7 +81,7 @@ class Trainer:
         skip = ctx.step_in_epoch  # resumed mid-epoch: these batches were trained before
         if isinstance(sampler, EpochSampler):
             sampler.set_epoch(ctx.epoch, start=skip * (loader.batch_size or 1))
-            batches = enumerate(named_batches(loader, "train"), start=skip)
+            batches: Iterator[tuple[int, Any]] = enumerate(named_batches(loader, "train"), skip)
         else:
             batches = ((i, b) for i, b in enumerate(named_batches(loader, "train")) if i >= skip)
         self.begin_epoch(ctx)
@@ -133,7 +134,7 @@ class Trainer:
                 f"loss became {value} at epoch {ctx.epoch}, step {ctx.global_step + 1}; "
                 "nothing was saved for this step (try a lower learning rate)"
             )
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is untyped
         ctx.optimizer.step()
         ctx.loss = value
         ctx.batch_size = int(targets.shape[0])

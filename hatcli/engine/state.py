@@ -6,7 +6,7 @@ import platform
 import random
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ def _hat_version() -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    # The legacy tuple: get_state's default (legacy=True) returns it for MT19937.
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     return {
         "torch": torch.get_rng_state(),
         "numpy": {
