@@ -35,7 +35,6 @@ def calibration_context(tmp_path: Path, model: nn.Module) -> LoopContext:
     return LoopContext(
         stage="calibration",
         spec_name="test",
-        spec_path=tmp_path / "spec.yaml",
         work_dir=tmp_path,
         model=model,
         device=torch.device("cpu"),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hatcli.engine.checkpoint_files import CheckpointFiles
     from hatcli.engine.context import LoopContext
 
 
@@ -40,6 +42,12 @@ class Callback:
         """The keys this callback puts in ``ctx.metrics``, so that a ``Checkpoint``'s
         ``monitor_metric_key`` can be checked before training; none by default."""
         return []
+
+    def checkpoint_files(self, stage: str, work_dir: Path) -> CheckpointFiles | None:
+        """The checkpoint files this callback writes in ``stage`` (``None``: it writes
+        none). ``hat resume`` continues from them and ``hat export`` exports what they
+        hold; ``work_dir`` is the spec's."""
+        return None
 
     def on_loop_begin(self, ctx: LoopContext) -> None:
         """Before the first batch (also when a resumed run starts)."""

@@ -14,39 +14,72 @@ from torch.utils.data import DataLoader
 
 from hatcli.engine.callback import Callback
 from hatcli.errors import RunError
+from hatcli.spec import defaults
+from hatcli.spec.training import trains
 
 
 @dataclass
 class LoopContext:
+    """What the trainer and every callback see of a running stage; one object per run."""
+
     stage: str
+    """The stage's name in the spec (``float``, ``qat``, ...)."""
     spec_name: str
-    spec_path: Path
+    """The spec's ``name``."""
     work_dir: Path
+    """Where the stage's outputs go (the spec's ``work_dir``, or ``--work-dir``)."""
     model: nn.Module
+    """The model being trained, on ``device``, after the convert pipeline."""
     device: torch.device
+    """Where the model and each batch are."""
     data_loaders: dict[str, DataLoader[Any]]
+    """The stage's data splits by name (``train``, ``val``, ...)."""
     loss_fn: nn.Module
+    """Called as ``loss_fn(outputs, targets)``."""
     optimizer: torch.optim.Optimizer | None = None
+    """None in a stage without ``optimizer`` (calibration, int_infer)."""
     lr_scheduler: Any = None
+    """A torch LR scheduler, or None."""
     scheduler_interval: str = "epoch"
+    """Whether ``lr_scheduler`` steps after each ``epoch`` or each ``step``."""
     callbacks: list[Callback] = field(default_factory=list)
+    """The spec's callbacks and hat's own, in ``order``."""
     num_epochs: int | None = None
+    """Epochs to train (``num_epochs`` in the spec), or None."""
     num_steps: int | None = None
+    """Batches to train (``num_steps``), or None; a stage sets one of the two or neither."""
     qat_mode: str | None = None
-    log_interval: int = 10
+    """The stage's ``model_convert_pipeline.qat_mode``, recorded in checkpoints."""
+    log_interval: int = defaults.LOG_INTERVAL
+    """``metrics.jsonl`` gets a training line every this many steps."""
     epoch: int = 0
+    """Finished epochs."""
     global_step: int = 0
+    """Finished batches over the whole stage."""
     step_in_epoch: int = 0
+    """Finished batches of the current epoch (0 between epochs)."""
     batch_size: int = 0
+    """Samples in the last batch (for throughput)."""
     loss: float | None = None
+    """The last batch's training loss."""
     metrics: dict[str, float] = field(default_factory=dict)
+    """The latest validation results by name (``accuracy``, ``loss``, ...)."""
     metrics_step: int | None = None
+    """The ``global_step`` at which ``metrics`` were computed (None: not in this run)."""
     finished: bool = False
+    """True once the loop is over, before ``on_loop_end`` (saved in ``last``)."""
     world_size: int = 1
+    """Processes in this run (``--nproc`` × nodes)."""
     rank: int = 0
+    """This process's index; rank 0 writes files and reports."""
     forward_model: nn.Module | None = None
+    """What a training step calls instead of ``model`` when set (the DDP wrapper)."""
     on_model_changed: Callable[[], None] | None = None
+    """Set by a trainer that must know when a callback replaced modules of ``model``
+    (DDP rebuilds its wrapper); a callback that does so calls it."""
     stop_requested: Callable[[], bool] = field(default=lambda: False)
+    """Whether a signal asked the run to stop; long work inside one event (a validation)
+    polls it to stop early."""
 
     @property
     def is_main(self) -> bool:
@@ -64,7 +97,7 @@ class LoopContext:
     @property
     def trains(self) -> bool:
         """Whether the stage runs batches through the loop (epochs or steps to do)."""
-        return bool(self.num_epochs) or bool(self.num_steps)
+        return trains(self.num_epochs, self.num_steps)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -34,17 +34,9 @@ class Trainer:
     position, epoch, step in epoch and global step, that checkpoints save and resume
     continues), the ``begin_epoch`` / ``after_step`` / ``end_epoch`` / ``end_loop`` hooks
     around it, or ``fit`` for a loop of your own. hat calls, in this order:
-    ``setup(device)`` if the trainer defines it, ``prepare_model(model)`` while it builds
-    the stage, then ``fit(ctx)``.
-
-    ``setup(self, device: torch.device) -> None`` comes first, before the model, data
-    and callbacks are built (e.g. to join the process group); an ``InputError`` raised
-    in it is reported at the stage's ``trainer``.
+    ``setup(device)``, ``prepare_model(model)`` while it builds the stage, then
+    ``fit(ctx)``.
     """
-
-    # setup() gets a no-op default here once stage.py resolves the device before calling
-    # it: today it tells "has setup" by probing, and an unusable device then gets
-    # reported at the trainer instead of at 'device'.
 
     needs_optimizer: bool = True
     """Whether a stage that trains with this trainer must set ``optimizer``
@@ -53,6 +45,11 @@ class Trainer:
     supports_distributed: bool = False
     """Whether this trainer can run in several processes (``hat train --nproc N`` or
     torchrun); a stage launched so with a trainer that cannot is an input error."""
+
+    def setup(self, device: torch.device) -> None:
+        """First, before the model, data and callbacks are built (e.g. join the process
+        group); ``device`` is the stage's, already checked. An ``InputError`` raised here
+        is reported at the stage's ``trainer``."""
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model after its convert pipeline (and a resumed checkpoint's weights),

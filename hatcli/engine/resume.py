@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hatcli.engine.build import build_component
+from hatcli.engine.checkpoint_files import CheckpointFiles
 from hatcli.engine.checkpoint_io import load_checkpoint
 from hatcli.engine.convert import stage_qat_mode
 from hatcli.errors import CheckpointError, InputError
@@ -30,28 +31,23 @@ class ResumePoint:
         )
 
 
-def checkpoint_callbacks(spec: Spec, stage_name: str) -> list[tuple[Any, Path]]:
-    """The stage's ``Checkpoint`` callbacks, each with the folder it writes to."""
+def checkpoint_files(spec: Spec, stage_name: str) -> list[CheckpointFiles]:
+    """The files the stage's checkpointing callbacks write, as each says."""
     stage = spec.stage(stage_name)
     found = []
     for index, node in enumerate(stage.get("callbacks") or []):
-        name = node if isinstance(node, str) else node.get("type")
-        if name == "Checkpoint":
-            where = stage.where("callbacks", index)
-            callback = build_component("callbacks", node, where, spec.positions)
-            found.append((callback, Path(callback.save_dir or spec.work_dir)))
+        where = stage.where("callbacks", index)
+        callback = build_component("callbacks", node, where, spec.positions)
+        files = callback.checkpoint_files(stage_name, spec.work_dir)
+        if files is not None:
+            found.append(files)
     return found
 
 
 def candidates(spec: Spec, stage_name: str) -> list[Path]:
     """The stage's checkpoints, preferred first: last, interval ones (newest first), best."""
-    found: list[Path] = []
-    for callback, folder in checkpoint_callbacks(spec, stage_name):
-        found.append(folder / callback.file_name(stage_name, "last"))
-        if folder.is_dir():
-            found += callback.interval_files(folder, stage_name)
-        found.append(folder / callback.file_name(stage_name, "best"))
-    return found
+    found = checkpoint_files(spec, stage_name)
+    return [path for files in found for path in files.resume_candidates()]
 
 
 def find_resume_point(

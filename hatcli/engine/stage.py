@@ -24,6 +24,7 @@ from hatcli.engine.context import LoopContext
 from hatcli.engine.convert import ConvertContext, stage_qat_mode
 from hatcli.engine.launch import LAUNCHED_BY_HAT
 from hatcli.engine.load_weights import load_weights
+from hatcli.engine.loop import Trainer
 from hatcli.engine.progress import ProgressReporter
 from hatcli.engine.resume import ResumePoint
 from hatcli.engine.sampler import EpochSampler
@@ -32,6 +33,7 @@ from hatcli.engine.training_log import TrainingLog, truncate_log
 from hatcli.engine.work_dir_lock import locked_stages
 from hatcli.errors import InputError
 from hatcli.quant.nn.quantized.base import IntegerModule
+from hatcli.spec import defaults
 from hatcli.spec.spec import Spec, StageSpec
 
 LOADER_KEYS = ("batch_size", "shuffle", "drop_last", "num_workers")
@@ -97,7 +99,7 @@ def build_data_loader(
     settings = node if isinstance(node, dict) else {}
     sampler = EpochSampler(
         dataset,
-        bool(settings.get("shuffle", False)),
+        bool(settings.get("shuffle", defaults.SHUFFLE)),
         seed,
         rank=distributed.rank(),
         world_size=distributed.world_size(),
@@ -105,10 +107,10 @@ def build_data_loader(
     )
     return DataLoader(
         dataset,
-        batch_size=int(settings.get("batch_size", 32)),
+        batch_size=int(settings.get("batch_size", defaults.BATCH_SIZE)),
         sampler=sampler,
-        drop_last=bool(settings.get("drop_last", False)),
-        num_workers=int(settings.get("num_workers", 0)),
+        drop_last=bool(settings.get("drop_last", defaults.DROP_LAST)),
+        num_workers=int(settings.get("num_workers", defaults.NUM_WORKERS)),
         # Its own generator: iterating must not draw from the global RNG, or a resumed
         # run's random state would drift from the uninterrupted one.
         generator=torch.Generator().manual_seed(seed),
@@ -116,14 +118,16 @@ def build_data_loader(
 
 
 def _build_callbacks(spec: Spec, stage: StageSpec) -> list[Callback]:
-    return [
-        build_component("callbacks", node, stage.where("callbacks", i), spec.positions)
-        for i, node in enumerate(stage.get("callbacks") or [])
-    ]
-
-
-def _in_order(callbacks: list[Callback]) -> list[Callback]:
-    return sorted(callbacks, key=lambda cb: getattr(cb, "order", 5))
+    callbacks = []
+    for index, node in enumerate(stage.get("callbacks") or []):
+        where = stage.where("callbacks", index)
+        callback = build_component("callbacks", node, where, spec.positions)
+        if not isinstance(callback, Callback):
+            raise located(
+                spec.positions, where, "the factory did not return a hatcli.Callback (subclass it)"
+            )
+        callbacks.append(callback)
+    return callbacks
 
 
 def _build_scheduler(
@@ -156,7 +160,7 @@ def build_context(
     *,
     quiet: bool = True,
     resume: ResumePoint | None = None,
-    trainer: Any = None,
+    trainer: Trainer | None = None,
 ) -> LoopContext:
     """Everything a stage needs, assembled and checked, before any training starts.
 
@@ -165,94 +169,141 @@ def build_context(
     """
     stage = spec.stage(stage_name)
     seed_everything(int(stage.get("seed")))
+    device = stage_device(spec, stage)
+    convert = ConvertContext(stage.name, stage_qat_mode(stage), spec.positions)
+    model = _build_stage_model(spec, stage, convert, resume, trainer or Trainer()).to(device)
+    ctx = LoopContext(
+        stage=stage.name,
+        spec_name=spec.name,
+        work_dir=spec.work_dir,
+        model=model,
+        device=device,
+        data_loaders=_build_loaders(spec, stage),
+        loss_fn=build_component(
+            "losses", stage.get("loss", defaults.LOSS), stage.where("loss"), spec.positions
+        ),
+        num_epochs=stage.get("num_epochs"),
+        num_steps=stage.get("num_steps"),
+        qat_mode=convert.qat_mode,
+        log_interval=int(stage.get("log_interval", defaults.LOG_INTERVAL)),
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
+    )
+    _build_optimizer(spec, stage, ctx)
+    ctx.callbacks = _checked_callbacks(spec, stage, ctx, quiet)
+    if convert.loaded_checkpoint is not None:
+        full = resume is not None
+        restore_training_state(
+            ctx,
+            convert.loaded_checkpoint,
+            optimizer=full or bool(stage.get("resume_optimizer", defaults.RESUME_OPTIMIZER)),
+            position=full or stage_resumes(stage),
+            source=str(resume.path) if resume is not None else str(convert.loaded_from),
+        )
+    return ctx
+
+
+def stage_device(spec: Spec, stage: StageSpec) -> torch.device:
     try:
-        device = resolve_device(stage.get("device"))
+        return resolve_device(stage.get("device"))
     except InputError as exc:
         raise located(spec.positions, stage.where("device"), str(exc)) from None
-    if spec.work_dir.exists() and not spec.work_dir.is_dir():
-        raise InputError(f"work_dir {spec.work_dir} exists and is not a folder")
-    convert = ConvertContext(stage.name, stage_qat_mode(stage), spec.positions)
+
+
+def _build_stage_model(
+    spec: Spec,
+    stage: StageSpec,
+    convert: ConvertContext,
+    resume: ResumePoint | None,
+    trainer: Trainer,
+) -> nn.Module:
+    """The factory's model through the convert pipeline, a resumed checkpoint's weights
+    and the trainer's ``prepare_model``; an integer model may not train."""
     model = build_model(spec, stage, context=convert)
     if resume is not None:
         load_weights(model, resume.checkpoint, str(resume.path))
         convert.loaded_checkpoint = resume.checkpoint
-    if trainer is not None and hasattr(trainer, "prepare_model"):
-        model = trainer.prepare_model(model)  # e.g. SyncBatchNorm, before the optimizer
-    model = model.to(device)
-    if (stage.get("num_epochs") or stage.get("num_steps")) and _is_integer_model(model):
+    model = trainer.prepare_model(model)  # e.g. SyncBatchNorm, before the optimizer
+    if stage.trains and _is_integer_model(model):
         key = "num_epochs" if stage.get("num_epochs") else "num_steps"
         raise located(
             spec.positions,
             stage.where(key),
             "the integer model (after QAT2Quantize) cannot train; set num_epochs: 0",
         )
-    splits = stage.get("data") or {}
-    loaders = {split: build_data_loader(spec, split, stage) for split in splits}
-    trains = stage.get("num_epochs") or stage.get("num_steps")
-    if trains and "train" in loaders and len(loaders["train"]) == 0:
+    return model
+
+
+def _build_loaders(spec: Spec, stage: StageSpec) -> dict[str, DataLoader[Any]]:
+    loaders = {split: build_data_loader(spec, split, stage) for split in stage.get("data")}
+    if stage.trains and "train" in loaders and len(loaders["train"]) == 0:
         raise located(
             spec.positions,
             stage.where("data", "train"),
             "the training data gives no batch (empty, or fewer samples than batch_size "
             "with drop_last)",
         )
-    loss_node = stage.get("loss", "CrossEntropyLoss")
-    loss_fn = build_component("losses", loss_node, stage.where("loss"), spec.positions)
-    ctx = LoopContext(
-        stage=stage.name,
-        spec_name=spec.name,
-        spec_path=spec.path,
-        work_dir=spec.work_dir,
-        model=model,
-        device=device,
-        data_loaders=loaders,
-        loss_fn=loss_fn,
-        num_epochs=stage.get("num_epochs"),
-        num_steps=stage.get("num_steps"),
-        qat_mode=convert.qat_mode,
-        log_interval=int(stage.get("log_interval", 10)),
-        rank=distributed.rank(),
-        world_size=distributed.world_size(),
+    return loaders
+
+
+def _build_optimizer(spec: Spec, stage: StageSpec, ctx: LoopContext) -> None:
+    if stage.get("optimizer") is None:
+        return
+    ctx.optimizer = build_component(
+        "optimizers",
+        stage.get("optimizer"),
+        stage.where("optimizer"),
+        spec.positions,
+        ctx.model.parameters(),
     )
-    if stage.get("optimizer") is not None:
-        ctx.optimizer = build_component(
-            "optimizers",
-            stage.get("optimizer"),
-            stage.where("optimizer"),
-            spec.positions,
-            model.parameters(),
-        )
-        ctx.lr_scheduler, ctx.scheduler_interval = _build_scheduler(
-            spec, stage, ctx.optimizer, ctx.total_steps
-        )
-    callbacks = _build_callbacks(spec, stage)
-    ctx.callbacks = _in_order([*callbacks, TrainingLog(), ProgressReporter(quiet=quiet)])
-    for callback in ctx.callbacks:
-        check = getattr(callback, "check", None)
-        if check is not None:
-            try:
-                check(ctx)
-            except InputError as exc:
-                index = callbacks.index(callback) if callback in callbacks else 0
-                raise located(spec.positions, stage.where("callbacks", index), str(exc)) from None
-    if convert.loaded_checkpoint is not None:
-        full = resume is not None
-        restore_training_state(
-            ctx,
-            convert.loaded_checkpoint,
-            optimizer=full or bool(stage.get("resume_optimizer", False)),
-            position=full or bool(stage.get("resume_epoch_or_step", False)),
-            source=str(resume.path) if resume is not None else str(convert.loaded_from),
-        )
-    return ctx
+    ctx.lr_scheduler, ctx.scheduler_interval = _build_scheduler(
+        spec, stage, ctx.optimizer, ctx.total_steps
+    )
+
+
+def _checked_callbacks(
+    spec: Spec, stage: StageSpec, ctx: LoopContext, quiet: bool
+) -> list[Callback]:
+    """The spec's callbacks and hat's own (log, progress), in ``order``, each checked
+    against the assembled stage; a rejection is located at the callback."""
+    own = _build_callbacks(spec, stage)
+    ordered = sorted([*own, TrainingLog(), ProgressReporter(quiet=quiet)], key=lambda c: c.order)
+    ctx.callbacks = ordered
+    for callback in ordered:
+        try:
+            callback.check(ctx)
+        except InputError as exc:
+            index = own.index(callback) if callback in own else 0
+            raise located(spec.positions, stage.where("callbacks", index), str(exc)) from None
+    return ordered
 
 
 def stage_resumes(stage: StageSpec) -> bool:
-    return bool(stage.get("resume_epoch_or_step", False))
+    return bool(stage.get("resume_epoch_or_step", defaults.RESUME_EPOCH_OR_STEP))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _build_trainer(spec: Spec, stage: StageSpec) -> Trainer:
+    where = stage.where("trainer")
+    trainer = build_component(
+        "trainers", stage.get("trainer", defaults.TRAINER), where, spec.positions
+    )
+    if not isinstance(trainer, Trainer):
+        raise located(
+            spec.positions, where, "the factory did not return a hatcli Trainer (subclass it)"
+        )
+    processes = distributed.launched_world_size()
+    if processes > 1 and not trainer.supports_distributed:
+        raise located(
+            spec.positions,
+            where,
+            f"this stage runs in {processes} processes but its trainer is not distributed; "
+            "use trainer: distributed_data_parallel_trainer",
+        )
+    return trainer
 
 
 def _run_lock(spec: Spec, stage_name: str) -> contextlib.AbstractContextManager[None]:
@@ -277,23 +328,12 @@ def _run_stage(
     spec: Spec, stage_name: str, *, quiet: bool, resume: ResumePoint | None
 ) -> dict[str, Any]:
     stage = spec.stage(stage_name)
-    trainer = build_component(
-        "trainers", stage.get("trainer", "Trainer"), stage.where("trainer"), spec.positions
-    )
-    if distributed.launched_world_size() > 1 and not getattr(
-        trainer, "supports_distributed", False
-    ):
-        raise located(
-            spec.positions,
-            stage.where("trainer"),
-            f"this stage runs in {distributed.launched_world_size()} processes but its trainer "
-            "is not distributed; use trainer: distributed_data_parallel_trainer",
-        )
-    if hasattr(trainer, "setup"):
-        try:
-            trainer.setup(resolve_device(stage.get("device")))  # e.g. join the process group
-        except InputError as exc:
-            raise located(spec.positions, stage.where("trainer"), str(exc)) from None
+    trainer = _build_trainer(spec, stage)
+    device = stage_device(spec, stage)
+    try:
+        trainer.setup(device)  # e.g. join the process group
+    except InputError as exc:
+        raise located(spec.positions, stage.where("trainer"), str(exc)) from None
     ctx = build_context(spec, stage_name, quiet=quiet, resume=resume, trainer=trainer)
     if ctx.is_main and resume is not None:
         saved = resume.checkpoint

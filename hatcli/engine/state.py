@@ -67,7 +67,7 @@ def _keyed(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
     seen: Counter[str] = Counter()
     keyed = []
     for callback in callbacks:
-        name = str(getattr(callback, "state_key", None) or type(callback).__name__)
+        name = callback.state_key
         seen[name] += 1
         keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", callback))
     return keyed

@@ -13,7 +13,7 @@ from torch import nn
 from hatcli import plugins
 from hatcli.engine.checkpoint_io import load_checkpoint
 from hatcli.engine.load_weights import load_weights
-from hatcli.engine.resume import checkpoint_callbacks
+from hatcli.engine.resume import checkpoint_files
 from hatcli.engine.stage import build_data_loader, build_model, seed_everything
 from hatcli.errors import InputError, PluginError
 from hatcli.export.exporter import Exporter
@@ -56,16 +56,10 @@ def _default_path(work_dir: Path, stage: str, exporter: Exporter) -> Path:
 
 
 def stage_checkpoint(spec: Spec, stage: StageSpec) -> Path | None:
-    """The checkpoint the stage's ``Checkpoint`` callback writes (``best``, else ``last``
-    if ``best`` is not written or not there yet); ``None`` without such a callback."""
-    for cb, folder in checkpoint_callbacks(spec, stage.name):
-        paths = [
-            folder / cb.file_name(stage.name, which)
-            for which, wanted in (("best", cb.save_best), ("last", cb.save_last))
-            if wanted
-        ]
-        return next((p for p in paths if p.exists()), paths[0] if paths else None)
-    return None
+    """The checkpoint the stage's first checkpointing callback writes (``best``, else
+    ``last`` if ``best`` is not written or not there yet); ``None`` without one."""
+    found = checkpoint_files(spec, stage.name)
+    return found[0].trained_weights() if found else None
 
 
 def load_stage_checkpoint(spec: Spec, stage: StageSpec, model: nn.Module) -> str | None:
@@ -115,10 +109,8 @@ def protected_paths(spec: Spec) -> tuple[set[Path], set[Path]]:
         (folders if path.is_dir() else files).add(path.resolve())
     folders.discard(spec.work_dir.resolve())  # exports go there by default
     for name in spec.stage_names:
-        for cb, folder in checkpoint_callbacks(spec, name):
-            files.update((folder / cb.file_name(name, w)).resolve() for w in ("last", "best"))
-            if folder.is_dir():
-                files.update(p.resolve() for p in cb.interval_files(folder, name))
+        for written in checkpoint_files(spec, name):
+            files.update(p.resolve() for p in written.resume_candidates())
     return files, folders
 
 

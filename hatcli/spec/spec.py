@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from hatcli.errors import InputError, Problem, SpecError
+from hatcli.spec import defaults
 from hatcli.spec.interpolate import interpolate, interpolate_string
 from hatcli.spec.loader import JsonPath, Positions, load_yaml
+from hatcli.spec.training import trains
 from hatcli.spec.validate import validate
-
-DEFAULT_WORK_DIR = "runs/{name}"
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Spec:
 
     @property
     def seed(self) -> int:
-        return int(self.data.get("seed", 0))
+        return int(self.data.get("seed", defaults.SEED))
 
     @property
     def stage_names(self) -> list[str]:
@@ -52,7 +52,7 @@ class Spec:
             if key not in settings and key in self.data:
                 settings[key] = self.data[key]
                 paths[key] = (key,)
-        settings.setdefault("device", "auto")
+        settings.setdefault("device", defaults.DEVICE)
         settings.setdefault("seed", self.seed)
         settings.setdefault("data", {})
         return StageSpec(name, self, settings, paths)
@@ -70,6 +70,10 @@ class StageSpec:
     def get(self, key: str, default: Any = None) -> Any:
         return self.settings.get(key, default)
 
+    @property
+    def trains(self) -> bool:
+        return trains(self.settings.get("num_epochs"), self.settings.get("num_steps"))
+
     def where(self, key: str, *rest: str | int) -> JsonPath:
         return (*self.paths.get(key, ("stages", self.name, key)), *rest)
 
@@ -77,11 +81,11 @@ class StageSpec:
 def _variables(data: dict[str, Any], path: Path, positions: Positions) -> dict[str, str]:
     variables = {
         "name": str(data["name"]),
-        "seed": str(data.get("seed", 0)),
+        "seed": str(data.get("seed", defaults.SEED)),
         "spec_dir": str(path.parent),
     }
     work_dir, problems = interpolate_string(
-        str(data.get("work_dir", DEFAULT_WORK_DIR)), variables, ("work_dir",), positions
+        str(data.get("work_dir", defaults.WORK_DIR)), variables, ("work_dir",), positions
     )
     if problems:
         raise SpecError(problems)

@@ -11,8 +11,10 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 
 from hatcli import plugins
 from hatcli.errors import Problem
+from hatcli.spec import defaults
 from hatcli.spec.loader import JsonPath, Positions
 from hatcli.spec.schema import COMMON_KEYWORD, KIND_KEYWORD, base_schema, component_schema
+from hatcli.spec.training import trains
 
 
 def did_you_mean(word: str, choices: list[str] | set[str]) -> str:
@@ -118,12 +120,9 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
                     (*where, "num_steps"), "set num_epochs or num_steps, not both", at_key=True
                 )
             )
-        epochs = stage.get("num_epochs", 0)
-        trains = (isinstance(epochs, int) and epochs > 0) or "num_steps" in stage
-        if not trains:
+        if not trains(stage.get("num_epochs"), stage.get("num_steps")):
             continue
-        trainer = _trainer_of(stage)
-        if "optimizer" not in stage and getattr(trainer, "needs_optimizer", True):
+        if "optimizer" not in stage and _trainer_needs_optimizer(stage):
             problems.append(
                 positions.problem(where, "this stage trains but has no 'optimizer'", at_key=True)
             )
@@ -174,11 +173,17 @@ def _checkpoint_clashes(data: dict[str, Any], positions: Positions) -> list[Prob
     return problems
 
 
-def _trainer_of(stage: dict[str, Any]) -> Any:
-    node = stage.get("trainer", "Trainer")
+def _trainer_needs_optimizer(stage: dict[str, Any]) -> bool:
+    """What the stage's trainer class says; an unknown trainer is reported elsewhere."""
+    node = stage.get("trainer", defaults.TRAINER)
     name = node.get("type") if isinstance(node, dict) else node
     component = plugins.components("trainers").get(name) if isinstance(name, str) else None
-    return component.factory if component is not None else None
+    factory = component.factory if component is not None else None
+    from hatcli.engine.loop import Trainer  # the contract; the engine imports spec/ first
+
+    if isinstance(factory, type) and issubclass(factory, Trainer):
+        return factory.needs_optimizer
+    return True
 
 
 def validate(data: dict[str, Any], positions: Positions) -> list[Problem]:

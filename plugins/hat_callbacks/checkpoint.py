@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from hatcli.engine.callback import Callback
+from hatcli.engine.checkpoint_files import CheckpointFiles
 from hatcli.engine.checkpoint_io import remove_stale_temp_files, save_checkpoint
 from hatcli.engine.context import LoopContext
 from hatcli.engine.state import checkpoint_state
@@ -58,29 +58,18 @@ class Checkpoint(Callback):
     def prefix(self, stage: str) -> str:
         return f"{stage}-" if self.name_prefix is None else self.name_prefix
 
-    def folder(self, ctx: LoopContext) -> Path:
-        return self.save_dir or ctx.work_dir
-
-    def file_name(self, stage: str, which: str) -> str:
-        return f"{self.prefix(stage)}checkpoint-{which}.pth.tar"
-
-    def path(self, ctx: LoopContext, which: str) -> Path:
-        return self.folder(ctx) / self.file_name(ctx.stage, which)
-
-    def _interval_pattern(self, stage: str) -> re.Pattern[str]:
-        return re.compile(
-            re.escape(self.prefix(stage)) + r"checkpoint-(step|epoch)-(\d+)\.pth\.tar"
+    def checkpoint_files(self, stage: str, work_dir: Path) -> CheckpointFiles:
+        return CheckpointFiles(
+            self.save_dir or work_dir, self.prefix(stage), self.save_last, self.save_best
         )
 
-    def _written_names(self, stage: str) -> re.Pattern[str]:
-        """Every file name this callback writes in ``stage``."""
-        prefix = re.escape(self.prefix(stage))
-        return re.compile(prefix + r"checkpoint-(last|best|step-\d+|epoch-\d+)\.pth\.tar")
+    def files(self, ctx: LoopContext) -> CheckpointFiles:
+        return self.checkpoint_files(ctx.stage, ctx.work_dir)
 
     def check(self, ctx: LoopContext) -> None:
         if self.monitor is None:
             return
-        known = [n for cb in ctx.callbacks for n in getattr(cb, "metric_names", list)()]
+        known = [name for cb in ctx.callbacks for name in cb.metric_names()]
         if not known:
             raise InputError(
                 f"Checkpoint: monitor_metric_key {self.monitor!r} needs a Validation callback"
@@ -92,7 +81,8 @@ class Checkpoint(Callback):
 
     def on_loop_begin(self, ctx: LoopContext) -> None:
         if ctx.is_main:
-            remove_stale_temp_files(self.folder(ctx), self._written_names(ctx.stage))
+            files = self.files(ctx)
+            remove_stale_temp_files(files.folder, files.names)
         self._save(ctx)  # a validation a resumed run owed may have arrived
 
     def on_step_end(self, ctx: LoopContext) -> None:
@@ -137,24 +127,16 @@ class Checkpoint(Callback):
             return
         state = checkpoint_state(ctx)
         state["best"] = {"metric": self.monitor, "mode": self.mode, "value": self.best}
+        files = self.files(ctx)
         if last and self.save_last:
-            save_checkpoint(state, self.path(ctx, "last"))
+            save_checkpoint(state, files.last)
         if best:
-            save_checkpoint(state, self.path(ctx, "best"))
+            save_checkpoint(state, files.best)
         if keep_interval:
             assert interval is not None
-            save_checkpoint(state, self.path(ctx, interval))
-            self._prune(ctx)
-
-    def interval_files(self, folder: Path, stage: str) -> list[Path]:
-        """Interval checkpoints in ``folder``, newest (highest step or epoch) first."""
-        pattern = self._interval_pattern(stage)
-        found = [(int(m.group(2)), p) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))]
-        return [p for _, p in sorted(found, reverse=True)]
-
-    def _prune(self, ctx: LoopContext) -> None:
-        for old in self.interval_files(self.folder(ctx), ctx.stage)[self.max_keep :]:
-            old.unlink(missing_ok=True)
+            save_checkpoint(state, files.path(interval))
+            for old in files.intervals()[self.max_keep :]:
+                old.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
