@@ -473,7 +473,11 @@ def test_the_three_resume_uses_of_the_seed(float_reference: Path, tmp_path: Path
 
     finetune = context("    resume_optimizer: true\n    resume_epoch_or_step: false\n")
     assert (finetune.epoch, finetune.global_step, finetune.step_in_epoch) == (0, 0, 0)
-    assert finetune.lr == pytest.approx(saved["optimizer"]["param_groups"][0]["lr"])
+    # The old schedule had decayed the LR; a fine-tune starts its own schedule again.
+    assert saved["optimizer"]["param_groups"][0]["lr"] < 0.1
+    assert finetune.lr == 0.1 and finetune.optimizer.param_groups[0]["initial_lr"] == 0.1
+    finetune.lr_scheduler.step()
+    assert finetune.lr == pytest.approx(0.07)  # StepLR(gamma=0.7) from the stage's own lr
     momentum = next(iter(finetune.optimizer.state.values()))["momentum_buffer"]
     assert torch.equal(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
 

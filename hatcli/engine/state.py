@@ -132,7 +132,10 @@ def restore_training_state(
     position: bool,
     source: str = "checkpoint",
 ) -> None:
-    """Apply the seed's resume uses: optimizer (+LR) only, or everything (position too)."""
+    """Apply the seed's resume uses: everything (``position`` too), or a fine-tune
+    (``optimizer`` alone): the optimizer's state (momentum, ...) continues while the
+    learning rate follows this stage's own schedule from its start, as HAT's fine-tune
+    does; restoring the old schedule's position would train at its end (often 0)."""
     if optimizer and ctx.optimizer is not None and checkpoint.get("optimizer") is not None:
         meta = checkpoint.get("meta", {})
         saved = meta.get("optimizer_class")
@@ -141,9 +144,16 @@ def restore_training_state(
                 f"{source}: its optimizer state is {saved}'s, but this stage uses "
                 f"{type(ctx.optimizer).__name__}; set resume_optimizer: false"
             )
+        schedule = [
+            {key: group[key] for key in ("lr", "initial_lr") if key in group}
+            for group in ctx.optimizer.param_groups
+        ]
         try:
             ctx.optimizer.load_state_dict(checkpoint["optimizer"])
-            if ctx.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
+            if not position:
+                for group, own in zip(ctx.optimizer.param_groups, schedule, strict=True):
+                    group.update(own)
+            elif ctx.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
                 ctx.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(
