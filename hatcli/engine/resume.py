@@ -73,19 +73,23 @@ def find_resume_point(
                 f"nothing to resume for stage {stage_name!r}: {paths[0]} does not exist; "
                 f"start the stage with 'hat train {spec.path} --stage {stage_name}'"
             )
-        point = None
-        for path in existing:
-            try:
-                point = ResumePoint(path, load_checkpoint(path))
-                break
-            except CheckpointError as exc:
-                warn(f"{exc}; trying an older checkpoint")
-        if point is None:
+        intact = _first_intact(existing, warn)
+        if intact is None:
             raise InputError(f"no intact checkpoint to resume stage {stage_name!r} from")
+        point = intact
         if point.path != existing[0]:
             warn(f"resuming from {point.path} ({point.position})")
     check_fits(spec, stage_name, point, world_size)
     return point
+
+
+def _first_intact(paths: list[Path], warn: Callable[[str], None]) -> ResumePoint | None:
+    for path in paths:
+        try:
+            return ResumePoint(path, load_checkpoint(path))
+        except CheckpointError as exc:
+            warn(f"{exc}; trying an older checkpoint")
+    return None
 
 
 def check_fits(spec: Spec, stage_name: str, point: ResumePoint, world_size: int = 1) -> None:

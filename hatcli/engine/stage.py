@@ -78,6 +78,8 @@ def build_model(
         converter = build_component("converters", node, path, spec.positions)
         context.path = path
         model = converter(model, context)
+        if not isinstance(model, nn.Module):
+            raise located(spec.positions, path, "the converter did not return a Module")
     return model
 
 

@@ -144,7 +144,7 @@ def restore_training_state(
                 f"{source}: its optimizer state is {saved}'s, but this stage uses "
                 f"{type(ctx.optimizer).__name__}; set resume_optimizer: false"
             )
-        schedule = [
+        schedule: list[dict[str, Any]] = [
             {key: group[key] for key in ("lr", "initial_lr") if key in group}
             for group in ctx.optimizer.param_groups
         ]

@@ -54,18 +54,21 @@ def _component_keyword(
     yield from validator.descend(instance, effective)
 
 
-HatValidator = validators.extend(Draft202012Validator, {KIND_KEYWORD: _component_keyword})
+HatValidator = validators.extend(  # type: ignore[no-untyped-call]  # jsonschema's stub
+    Draft202012Validator, {KIND_KEYWORD: _component_keyword}
+)
 
 
-def _allowed_keys(schema: dict[str, Any]) -> set[str]:
-    return set(schema.get("properties", {}))
+def _allowed_keys(schema: Any) -> set[str]:
+    return set(schema.get("properties", {})) if isinstance(schema, dict) else set()
 
 
 def _to_problems(error: ValidationError, positions: Positions) -> Iterator[Problem]:
     path: JsonPath = tuple(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = _allowed_keys(error.schema)
-        patterns = list(error.schema.get("patternProperties", {}))
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        patterns = list(schema.get("patternProperties", {}))
         for key in error.instance:
             if key in allowed or any(re.search(p, key) for p in patterns):
                 continue
@@ -74,11 +77,13 @@ def _to_problems(error: ValidationError, positions: Positions) -> Iterator[Probl
             )
         return
     if error.validator == "enum" and isinstance(error.instance, str):
-        hint = did_you_mean(error.instance, [str(v) for v in error.validator_value])
+        choices = error.validator_value if isinstance(error.validator_value, list) else []
+        hint = did_you_mean(error.instance, [str(v) for v in choices])
         yield positions.problem(path, f"{error.message}{hint}")
         return
-    if error.validator == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
+    if error.validator == "required" and isinstance(error.instance, dict):
+        required = error.validator_value if isinstance(error.validator_value, list) else []
+        missing = [k for k in required if k not in error.instance]
         for key in missing:
             yield positions.problem(path, f"missing required key {key!r}")
         return
