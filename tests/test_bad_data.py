@@ -77,6 +77,7 @@ def train(run_hat, spec: Path, stage: str = "float", env: dict[str, str] | None 
     return run_hat("train", spec, "--stage", stage, "--work-dir", "work", "-q", env=env)
 
 
+@pytest.mark.slow
 def test_fractional_targets_are_refused_naming_the_split_and_file(tmp_path: Path, run_hat) -> None:
     inputs, targets = digits_like(16)
     fractional = write_npz(tmp_path / "train.npz", inputs, targets + np.where(targets == 2, 0.7, 0))
@@ -85,6 +86,7 @@ def test_fractional_targets_are_refused_naming_the_split_and_file(tmp_path: Path
     assert not (tmp_path / "work" / "float-checkpoint-last.pth.tar").exists()
 
 
+@pytest.mark.slow
 def test_empty_validation_split_is_an_input_error_before_training(tmp_path: Path, run_hat) -> None:
     inputs, targets = digits_like(16)
     empty = write_npz(tmp_path / "val.npz", inputs[:0], targets[:0])
@@ -94,6 +96,7 @@ def test_empty_validation_split_is_an_input_error_before_training(tmp_path: Path
     assert not (tmp_path / "work" / "float-checkpoint-last.pth.tar").exists()
 
 
+@pytest.mark.slow
 def test_validation_split_without_a_batch_is_an_input_error(tmp_path: Path, run_hat) -> None:
     val = good_npz(tmp_path, "val.npz", n=3).replace(
         "batch_size: 8", "batch_size: 4, drop_last: true"
@@ -108,6 +111,7 @@ def test_metrics_of_no_samples_are_nan_not_zero() -> None:
         assert all(np.isnan(value) for value in metric.compute().values())
 
 
+@pytest.mark.slow
 def test_non_finite_validation_loss_warns_and_is_never_best(tmp_path: Path, run_hat) -> None:
     inputs, targets = digits_like(6)
     huge = write_npz(tmp_path / "val.npz", np.full_like(inputs, 1e38), targets)  # finite
@@ -146,6 +150,7 @@ def hat_register_datasets(register):
         ("val", "eval", "val data has non-finite inputs in this batch (batch 2 of the validation"),
     ],
 )
+@pytest.mark.slow
 def test_nan_inputs_are_a_data_error_naming_the_split(
     tmp_path: Path, run_hat, split: str, stage: str, fragment: str
 ) -> None:
@@ -157,6 +162,7 @@ def test_nan_inputs_are_a_data_error_naming_the_split(
 
 
 @pytest.mark.parametrize("label", [12, -1])
+@pytest.mark.slow
 def test_training_labels_out_of_range_name_the_split_and_file(
     tmp_path: Path, run_hat, label: int
 ) -> None:
@@ -171,6 +177,7 @@ def test_training_labels_out_of_range_name_the_split_and_file(
     )
 
 
+@pytest.mark.slow
 def test_validation_labels_out_of_range_name_the_split(tmp_path: Path, run_hat) -> None:
     inputs, targets = digits_like(16)
     targets[10] = 10
@@ -183,6 +190,7 @@ def test_validation_labels_out_of_range_name_the_split(tmp_path: Path, run_hat) 
     )
 
 
+@pytest.mark.slow
 def test_rgb_images_for_a_one_channel_model_name_the_split_and_folder(
     tmp_path: Path, run_hat
 ) -> None:
@@ -218,6 +226,7 @@ def write_blank_png(path: Path, width: int, height: int) -> None:
     )
 
 
+@pytest.mark.slow
 def test_decompression_bomb_image_names_the_split_and_file(tmp_path: Path, run_hat) -> None:
     root = tmp_path / "val-images"
     for label in ("a", "b"):

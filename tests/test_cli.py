@@ -27,12 +27,14 @@ def assert_input_error(result: subprocess.CompletedProcess[str], *fragments: str
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_validate_ok(hat_cli) -> None:
     result = hat_cli("validate", EXAMPLE)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stderr
 
 
+@pytest.mark.slow
 def test_validate_reports_every_problem_sorted(hat_cli, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     text = EXAMPLE.read_text().replace("num_epochs: 12", "num_epochs: -3")
@@ -48,12 +50,14 @@ def test_validate_reports_every_problem_sorted(hat_cli, tmp_path: Path) -> None:
     assert lines[2].startswith(f"{spec}:")
 
 
+@pytest.mark.slow
 def test_validate_missing_file(hat_cli) -> None:
     assert_input_error(
         hat_cli("validate", "no/such/spec.yaml"), "no/such/spec.yaml:1:1:", "not found"
     )
 
 
+@pytest.mark.slow
 def test_help_and_module_entry(hat_cli) -> None:
     result = hat_cli("--help")
     assert result.returncode == 0
@@ -61,6 +65,7 @@ def test_help_and_module_entry(hat_cli) -> None:
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_schema_is_a_valid_schema_listing_components(hat_cli) -> None:
     result = hat_cli("schema")
     assert result.returncode == 0, result.stderr
@@ -84,6 +89,7 @@ def test_published_schema_file_is_valid_draft_2020_12() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
 
 
+@pytest.mark.slow
 def test_unknown_stage(hat_cli, tmp_path: Path) -> None:
     assert_input_error(hat_cli("train", EXAMPLE, "--stage", "qta"), "no stage 'qta'", "float")
 
@@ -101,6 +107,7 @@ def qat_spec(tmp_path: Path, checkpoint: Path, extra: str = "") -> Path:
     return spec
 
 
+@pytest.mark.slow
 def test_load_checkpoint_weights_into_a_stage(hat_cli, tmp_path: Path) -> None:
     model = DigitsNet()
     torch.save({"state_dict": model.state_dict()}, tmp_path / "good.pth.tar")
@@ -144,6 +151,7 @@ class _RunsCode:
     ],
     ids=["missing", "empty", "random", "truncated", "not-hat", "other-arch", "other-keys"],
 )
+@pytest.mark.slow
 def test_bad_checkpoints_are_one_line_errors(hat_cli, tmp_path: Path, make, fragment: str) -> None:
     checkpoint = tmp_path / "ckpt.pth.tar"
     make(checkpoint)
@@ -153,6 +161,7 @@ def test_bad_checkpoints_are_one_line_errors(hat_cli, tmp_path: Path, make, frag
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_with_code_is_refused_and_code_does_not_run(hat_cli, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "evil.pth.tar"
@@ -164,6 +173,7 @@ def test_checkpoint_with_code_is_refused_and_code_does_not_run(hat_cli, tmp_path
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_validation_without_its_data_split_is_located(hat_cli, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     text = EXAMPLE.read_text().replace(

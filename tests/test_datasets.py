@@ -282,6 +282,7 @@ def test_image_folder_spec_trains_end_to_end(tmp_path: Path) -> None:
     assert written["metrics"] == summary["metrics"]
 
 
+@pytest.mark.slow
 def test_missing_image_folder_is_located_in_the_spec(tmp_path: Path, run_hat) -> None:
     val = _digit_folders(tmp_path / "val")
     text = SPEC.format(train=tmp_path / "nowhere", val=val)
@@ -295,6 +296,7 @@ def test_missing_image_folder_is_located_in_the_spec(tmp_path: Path, run_hat) ->
     assert not (tmp_path / "work" / "float" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_unreadable_image_in_a_worker_is_a_one_line_input_error(tmp_path: Path, run_hat) -> None:
     train = _digit_folders(tmp_path / "train")
     (train / "dark" / "broken.png").write_bytes(b"not an image")

@@ -20,6 +20,9 @@ from plugin_site import write_plugin_site
 
 from hatcli import plugins
 
+# Every test here starts several processes.
+pytestmark = pytest.mark.slow
+
 RANK_PLUGIN = textwrap.dedent("""
     import os
     import signal
@@ -232,7 +235,6 @@ def test_a_killed_rank_stops_the_run_and_resume_continues_it(
         assert torch.equal(tensor, reference[name]), name
 
 
-@pytest.mark.slow
 def test_the_launcher_removes_its_temporary_folders_after_success_and_failure(
     hat_cli, env, runs, tmp_path: Path
 ) -> None:
@@ -254,7 +256,6 @@ def test_the_launcher_removes_its_temporary_folders_after_success_and_failure(
     assert not launcher_leftovers(env)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill -TERM launcher", "Ctrl-C in a terminal"])
 def test_a_signal_to_the_launcher_makes_the_workers_save_and_stop(
     env, tmp_path: Path, how: str

@@ -50,6 +50,7 @@ def test_num_steps_with_step_schedule_and_step_intervals(tmp_path: Path) -> None
     assert last["global_step"] == 25 and last["step_in_epoch"] == 25
 
 
+@pytest.mark.slow
 def test_epoch_schedule_steps_once_per_epoch(tmp_path: Path) -> None:
     spec = spec_with(
         tmp_path, "{type: CosineAnnealingLR}", "{type: StepLR, step_size: 1, gamma: 0.5}"

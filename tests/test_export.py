@@ -89,6 +89,7 @@ def _ok(result: Any) -> str:
     return result.stderr
 
 
+@pytest.mark.slow
 def test_int_infer_onnx_matches_the_integer_model(trained: tuple[Path, Path], hat_cli: RunHat):
     spec, work = trained
     err = _ok(
@@ -117,6 +118,7 @@ def test_int_infer_onnx_matches_the_integer_model(trained: tuple[Path, Path], ha
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_integer_ops_onnx_is_the_integer_model_bit_for_bit(
     trained: tuple[Path, Path], hat_cli: RunHat
 ):
@@ -174,6 +176,7 @@ def _integer(model: nn.Module, shape: tuple[int, ...], steps: int = 3) -> nn.Mod
 
 
 @pytest.mark.parametrize("arch", ["ResNet18", "MobileNetV2", "EveryIntegerOp"])
+@pytest.mark.slow
 def test_integer_ops_graph_equals_the_integer_model(arch: str) -> None:
     from hat_models.mobilenet_v2 import MobileNetV2
     from hat_models.resnet import ResNet18
@@ -196,6 +199,7 @@ def test_integer_ops_graph_equals_the_integer_model(arch: str) -> None:
     assert torch.equal(got, expected)
 
 
+@pytest.mark.slow
 def test_integer_ops_need_a_quantized_stage(trained: tuple[Path, Path], hat_cli: RunHat):
     spec, work = trained
     result = hat_cli("export", spec, "-s", "float", "-f", "onnx-integer", "--work-dir", work)
@@ -204,6 +208,7 @@ def test_integer_ops_need_a_quantized_stage(trained: tuple[Path, Path], hat_cli:
     assert not (work / "float-integer.onnx").exists()
 
 
+@pytest.mark.slow
 def test_qat_onnx_follows_its_integer_form(trained: tuple[Path, Path], hat_cli: RunHat):
     spec, work = trained
     out = work / "elsewhere" / "qat-model.onnx"
@@ -225,6 +230,7 @@ def test_qat_onnx_follows_its_integer_form(trained: tuple[Path, Path], hat_cli: 
     assert (_in_scales(got, qat_out, scale) < 0.5).double().mean() >= 0.99
 
 
+@pytest.mark.slow
 def test_float_onnx_and_torchscript(trained: tuple[Path, Path], hat_cli: RunHat):
     spec, work = trained
     _ok(hat_cli("export", spec, "--stage", "float", "--format", "onnx", "--work-dir", work))
@@ -243,6 +249,7 @@ def test_float_onnx_and_torchscript(trained: tuple[Path, Path], hat_cli: RunHat)
         assert torch.equal(loaded(inputs), integer(inputs))
 
 
+@pytest.mark.slow
 def test_a_stage_without_its_checkpoint_is_one_line(
     trained: tuple[Path, Path], hat_cli: RunHat, tmp_path: Path
 ):
@@ -253,6 +260,7 @@ def test_a_stage_without_its_checkpoint_is_one_line(
     assert not (tmp_path / "qat.onnx").exists()
 
 
+@pytest.mark.slow
 def test_missing_onnx_says_how_to_install(
     trained: tuple[Path, Path], hat_cli: RunHat, tmp_path: Path
 ):
@@ -304,6 +312,7 @@ def test_a_module_without_an_onnx_form_is_named():
         QDQBuilder(integer, onnx).build(torch.rand(2, 4))
 
 
+@pytest.mark.slow
 def test_cli_rejects_an_unknown_format(trained: tuple[Path, Path], hat_cli: RunHat):
     spec, work = trained
     result = hat_cli("export", spec, "--stage", "float", "--format", "tflite", "--work-dir", work)

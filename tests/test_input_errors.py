@@ -112,6 +112,7 @@ def test_an_empty_work_dir_option_is_refused_like_an_empty_work_dir_key(
     assert "work_dir: '' should be non-empty" in hat("validate", spec).stderr
 
 
+@pytest.mark.slow
 def test_optimizer_state_of_another_optimizer(tmp_path: Path) -> None:
     first = run_float(tmp_path, FLOAT_ONLY.replace("num_epochs: 12", "num_epochs: 1"))
     assert first.exit_code == 0, first.output

@@ -158,6 +158,7 @@ def test_architecture() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_fuse_model_keeps_eval_outputs(arch: str, mode: str) -> None:
     model = float_model(arch)
     x = _Task(2).batch(4)[0]
@@ -202,6 +203,7 @@ def _layer_steps(q: nn.Module, i: nn.Module, x: torch.Tensor) -> dict[str, torch
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_integer_model_matches_qat_eval(arch: str, mode: str) -> None:
     q = qat_model(arch, mode)
     i = convert(q)
@@ -231,6 +233,7 @@ def test_integer_model_matches_qat_eval(arch: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_integer_model_identical_across_batch_sizes(arch: str, monkeypatch) -> None:
     i = convert(qat_model(arch, "with_bn"))
     x = _Task(4).batch(6)[0]

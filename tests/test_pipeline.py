@@ -32,6 +32,7 @@ def summary(work_dir: Path, stage: str) -> dict:
     return json.loads((work_dir / stage / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_stage_ran_and_quantized_accuracy_stays_within_half_a_point(pipeline: Path) -> None:
     accuracy = {
         s: summary(pipeline, s)["metrics"]["accuracy"] for s in ("float", "qat", "int_infer")
@@ -43,6 +44,7 @@ def test_every_stage_ran_and_quantized_accuracy_stays_within_half_a_point(pipeli
     assert summary(pipeline, "int_infer")["steps"] == 0
 
 
+@pytest.mark.slow
 def test_integer_checkpoint_and_model_are_integer(pipeline: Path) -> None:
     spec = hatcli.load_spec(EXAMPLE, work_dir=pipeline)
     model = hatcli.build_model(spec, "int_infer")
@@ -52,6 +54,7 @@ def test_integer_checkpoint_and_model_are_integer(pipeline: Path) -> None:
     assert any(t.dtype == torch.int8 for t in saved["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_calibration_sets_observers_without_touching_weights(pipeline: Path) -> None:
     spec = hatcli.load_spec(EXAMPLE, work_dir=pipeline)
     before = hatcli.build_model(spec, "calibration")  # float weights + fresh observers
@@ -67,6 +70,7 @@ def test_calibration_sets_observers_without_touching_weights(pipeline: Path) -> 
     assert fresh and not any(fq.activation_post_process.initialized for fq in fresh)
 
 
+@pytest.mark.slow
 def test_traced_integer_model_runs_without_hat_and_matches(pipeline: Path, tmp_path: Path) -> None:
     spec = hatcli.load_spec(EXAMPLE, work_dir=pipeline)
     model = hatcli.build_model(spec, "int_infer").eval()
@@ -94,6 +98,7 @@ def stage_spec(tmp_path: Path, pipeline: Path, stage_text: str) -> Path:
     return spec
 
 
+@pytest.mark.slow
 def test_save_traced_works_for_the_float_stage(hat_cli, pipeline: Path, tmp_path: Path) -> None:
     spec = stage_spec(
         tmp_path,
@@ -190,6 +195,7 @@ def test_save_traced_works_for_the_float_stage(hat_cli, pipeline: Path, tmp_path
         "fusebn-no-bn",
     ],
 )
+@pytest.mark.slow
 def test_pipeline_mistakes_are_one_line_input_errors(
     hat_cli, pipeline: Path, tmp_path: Path, stage_text: str, fragment: str
 ) -> None:
@@ -202,6 +208,7 @@ def test_pipeline_mistakes_are_one_line_input_errors(
     assert fragment in result.stderr
 
 
+@pytest.mark.slow
 def test_model_without_fuse_model_is_named(hat_cli, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(
@@ -289,6 +296,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_fuse_bn_absorbs_dotted_modules_and_the_optimizer_trains_them(
     plugin, tmp_path: Path
 ) -> None:
@@ -331,6 +339,7 @@ def test_op_without_a_qat_version_is_named(plugin, tmp_path: Path) -> None:
         hatcli.build_model(hatcli.load_spec(path), "qat")
 
 
+@pytest.mark.slow
 def test_integer_checkpoint_loads_into_an_integer_pipeline(
     hat_cli, pipeline: Path, tmp_path: Path
 ) -> None:
@@ -386,6 +395,7 @@ def _qat_and_integer(spec_path: Path, work_dir: Path) -> tuple[torch.nn.Module, 
 
 
 @pytest.mark.parametrize("mode", ["fuse_bn", "with_bn", "with_bn_reverse_fold"])
+@pytest.mark.slow
 def test_qat_eval_is_the_integer_model_on_the_examples_validation_set(pipelines, mode) -> None:
     """QAT eval computes with each layer's integer twin: on the whole validation set its
     outputs are the integer model's, bit for bit (the seed asks for >= 99.9% within one
@@ -405,6 +415,7 @@ def test_qat_eval_is_the_integer_model_on_the_examples_validation_set(pipelines,
     assert abs(best_qat - summary(work_dir, "float")["metrics"]["accuracy"]) <= 0.005
 
 
+@pytest.mark.slow
 def test_the_training_forward_tracks_each_integer_layer_on_the_example(pipeline: Path) -> None:
     """The float simulation QAT trains with (what eval computes under
     ``float_simulation()``), op by op on the whole validation set: every quantized layer

@@ -127,6 +127,7 @@ def registers_model(model_name: str) -> Any:
     return hat_register_models
 
 
+@pytest.mark.slow
 def test_built_ins_are_found_through_entry_points(run_hat) -> None:
     result = run_hat("plugins", "--json")
     assert result.returncode == 0, result.stderr
@@ -176,6 +177,7 @@ def test_a_plugin_whose_hook_raises_is_skipped_with_a_warning(plugin) -> None:
     assert infos["flaky"].components == {"datasets": ["Fine"]}
 
 
+@pytest.mark.slow
 def test_a_plugin_that_fails_to_import_is_named_and_skipped(tmp_path: Path, run_hat) -> None:
     site = install_plugin(
         tmp_path,
@@ -191,6 +193,7 @@ def test_a_plugin_that_fails_to_import_is_named_and_skipped(tmp_path: Path, run_
     assert set(BUILT_INS) <= names and "broken" not in names
 
 
+@pytest.mark.slow
 def test_hat_load_plugins_limits_what_loads(run_hat) -> None:
     result = run_hat("plugins", "--json", env={"HAT_LOAD_PLUGINS": "models,datasets"})
     assert result.returncode == 0, result.stderr
@@ -198,6 +201,7 @@ def test_hat_load_plugins_limits_what_loads(run_hat) -> None:
     assert {row["name"] for row in rows} == {"models", "datasets"}
 
 
+@pytest.mark.slow
 def test_a_plugin_can_add_a_sub_command(tmp_path: Path, run_hat) -> None:
     code = """\
         import typer
@@ -220,6 +224,7 @@ def test_a_plugin_can_add_a_sub_command(tmp_path: Path, run_hat) -> None:
     assert run_hat("greet", env={**env, "HAT_LOAD_PLUGINS": "models"}).returncode == 2
 
 
+@pytest.mark.slow
 def test_a_plugin_whose_command_hook_raises_is_named_and_its_commands_skipped(
     tmp_path: Path, run_hat
 ) -> None:
@@ -258,6 +263,7 @@ def test_a_plugin_whose_command_hook_raises_is_named_and_its_commands_skipped(
     assert run_hat("half", env=env).returncode == 2
 
 
+@pytest.mark.slow
 def test_a_plugin_command_named_like_a_built_in_is_refused_and_the_built_in_stays(
     tmp_path: Path, run_hat
 ) -> None:
@@ -298,6 +304,7 @@ def test_a_plugin_command_named_like_a_built_in_is_refused_and_the_built_in_stay
     assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
 
 
+@pytest.mark.slow
 def test_a_plugin_command_group_named_like_a_command_is_refused(tmp_path: Path, run_hat) -> None:
     env = plugin_sites(
         tmp_path,
@@ -350,6 +357,7 @@ def test_a_plugin_command_group_named_like_a_command_is_refused(tmp_path: Path, 
     assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
 
 
+@pytest.mark.slow
 def test_a_command_two_plugins_add_is_kept_from_the_first_only(tmp_path: Path, run_hat) -> None:
     env = plugin_sites(
         tmp_path,
@@ -382,6 +390,7 @@ def test_a_command_two_plugins_add_is_kept_from_the_first_only(tmp_path: Path, r
     assert (result.returncode, result.stdout) == (0, "first\n"), result.stderr
 
 
+@pytest.mark.slow
 def test_a_plugin_command_typer_cannot_build_is_named_and_skipped(tmp_path: Path, run_hat) -> None:
     env = plugin_sites(
         tmp_path,
@@ -413,6 +422,7 @@ def test_a_plugin_command_typer_cannot_build_is_named_and_skipped(tmp_path: Path
     assert (result.returncode, result.stdout) == (0, "good\n"), result.stderr
 
 
+@pytest.mark.slow
 def test_a_plugin_whose_hooks_do_not_fit_the_hookspecs_is_named_and_skipped(
     tmp_path: Path, run_hat
 ) -> None:
@@ -449,6 +459,7 @@ INVALID_SCHEMAS = """\
     """
 
 
+@pytest.mark.slow
 def test_a_component_with_an_invalid_schema_is_named_and_skipped(tmp_path: Path, run_hat) -> None:
     env = plugin_sites(tmp_path, hat_test_schemas=INVALID_SCHEMAS)
     warnings = [
@@ -494,6 +505,7 @@ def test_a_component_name_that_is_not_a_string_is_named_and_skipped(plugin) -> N
     assert '"const": "Named"' in json.dumps(assembled_schema())
 
 
+@pytest.mark.slow
 def test_hat_load_plugins_naming_no_installed_plugin_warns_listing_the_installed(
     run_hat,
 ) -> None:
@@ -525,6 +537,7 @@ def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_third_party_example_is_listed(example_site: Path, run_hat) -> None:
     result = run_hat("plugins", env={"PYTHONPATH": str(example_site)})
     assert result.returncode == 0, result.stderr
@@ -532,6 +545,7 @@ def test_third_party_example_is_listed(example_site: Path, run_hat) -> None:
     assert len(rows) == 1 and "0.1.0" in rows[0] and "models: TinyMLP" in rows[0], result.stdout
 
 
+@pytest.mark.slow
 def test_third_party_example_spec_validates(example_site: Path, run_hat, tmp_path: Path) -> None:
     env = {"PYTHONPATH": str(example_site)}
     result = run_hat("validate", EXAMPLE / "spec.yaml", env=env)
@@ -551,6 +565,7 @@ def test_third_party_example_spec_validates(example_site: Path, run_hat, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_third_party_example_trains_one_epoch(example_site: Path, run_hat, tmp_path: Path) -> None:
     env = {"PYTHONPATH": str(example_site)}
     work = tmp_path / "w"

@@ -48,6 +48,7 @@ def as_the_models_did(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("mode", ["fuse_bn", "with_bn_reverse_fold"])
 @pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.slow
 def test_zoo_models_convert_bit_for_bit_as_before(name: str, mode: str) -> None:
     build, shape = MODELS[name]
     torch.manual_seed(0)

@@ -193,6 +193,7 @@ def kill_and_resume(
     ],
     ids=["step13", "step45-epoch-end", "step101", "during-write"],
 )
+@pytest.mark.slow
 def test_float_stage_killed_and_resumed_is_bit_exact(
     hat_cli, plugin_env, float_reference: Path, tmp_path: Path, kill: dict[str, str]
 ) -> None:
@@ -214,6 +215,7 @@ def test_float_stage_killed_and_resumed_is_bit_exact(
     ],
     ids=["fuse_bn-33", "with_bn-17", "with_bn-62", "reverse_fold-41", "reverse_fold-write"],
 )
+@pytest.mark.slow
 def test_qat_stage_killed_and_resumed_is_bit_exact(
     hat_cli, plugin_env, float_reference: Path, tmp_path: Path, mode: str, kill: dict[str, str]
 ) -> None:
@@ -248,6 +250,7 @@ def as_saved_by_hat_0_1(checkpoint: Path) -> None:
     torch.save(state, checkpoint)
 
 
+@pytest.mark.slow
 def test_qat_checkpoint_of_hat_0_1_resumes_bit_exact(
     hat_cli, plugin_env, float_reference: Path, tmp_path: Path
 ) -> None:
@@ -269,6 +272,7 @@ def test_qat_checkpoint_of_hat_0_1_resumes_bit_exact(
     assert "absorbed_bn" not in torch.load(resumed, weights_only=True)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_and_exits_143_then_resume_is_exact(
     hat_cli, plugin_env, float_reference: Path, tmp_path: Path
 ) -> None:
@@ -332,6 +336,7 @@ def test_sigterm_during_validation_stops_it_and_resume_runs_it_first(
     assert log_records(folder) == log_records(reference)
 
 
+@pytest.mark.slow
 def test_second_sigint_stops_at_once_without_damage(hat_cli, plugin_env, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, FLOAT_STAGE)
     stopped = run(
@@ -353,6 +358,7 @@ def test_second_sigint_stops_at_once_without_damage(hat_cli, plugin_env, tmp_pat
     assert last["global_step"] == 20  # the step-24 save never happened; step 20's is intact
 
 
+@pytest.mark.slow
 def test_resume_a_finished_stage_does_nothing(hat_cli, plugin_env, float_reference: Path) -> None:
     before = (float_reference / "float-checkpoint-last.pth.tar").read_bytes()
     result = run(
@@ -370,6 +376,7 @@ def test_resume_a_finished_stage_does_nothing(hat_cli, plugin_env, float_referen
     assert (float_reference / "float-checkpoint-last.pth.tar").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_falls_back_to_an_intact_one(
     hat_cli, plugin_env, float_reference: Path, tmp_path: Path
 ) -> None:
@@ -416,6 +423,7 @@ def resume_error(hat_cli, env, spec: Path, work: Path, *extra: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_cannot_continue(
     hat_cli, plugin_env, float_reference: Path, tmp_path: Path
 ) -> None:
@@ -450,6 +458,7 @@ def test_resume_refuses_what_cannot_continue(
     assert "saved by stage 'float', not 'qat'" in message
 
 
+@pytest.mark.slow
 def test_the_three_resume_uses_of_the_seed(float_reference: Path, tmp_path: Path) -> None:
     saved = torch.load(float_reference / "float-checkpoint-step-130.pth.tar", weights_only=True)
     base = (

@@ -25,6 +25,7 @@ def float_run(
     return work_dir, result
 
 
+@pytest.mark.slow
 def test_float_stage_reaches_95_percent_in_under_a_minute(float_run) -> None:
     work_dir, result = float_run
     assert result.returncode == 0, result.stderr
@@ -37,6 +38,7 @@ def test_float_stage_reaches_95_percent_in_under_a_minute(float_run) -> None:
     assert summary["steps"] == 12 * 45  # 1438 training images, batch 32
 
 
+@pytest.mark.slow
 def test_progress_lines_and_metrics_log(float_run) -> None:
     work_dir, result = float_run
     epoch_lines = [line for line in result.stderr.splitlines() if line.startswith("[float] epoch")]
@@ -49,6 +51,7 @@ def test_progress_lines_and_metrics_log(float_run) -> None:
     assert train and all(r["loss"] > 0 and r["lr"] >= 0 for r in train)
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only(float_run) -> None:
     work_dir, _ = float_run
     last = torch.load(work_dir / "float-checkpoint-last.pth.tar", weights_only=True)
@@ -68,6 +71,7 @@ def test_checkpoints_load_with_weights_only(float_run) -> None:
     model.load_state_dict(best["state_dict"])
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing(hat_cli, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(EXAMPLE.read_text().replace("num_epochs: 12", "num_epochs: 1"))
@@ -82,6 +86,7 @@ def short_spec(tmp_path: Path, epochs: int = 1) -> hatcli.Spec:
     return hatcli.load_spec(path, work_dir=tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_same_spec_twice_gives_the_same_weights(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -106,6 +111,7 @@ def test_public_api_builds_model_and_data(tmp_path: Path) -> None:
     assert len(loader.dataset) == 1797 - 359
 
 
+@pytest.mark.slow
 def test_failed_run_keeps_the_last_good_checkpoint(hat_cli, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(EXAMPLE.read_text().replace("num_epochs: 12", "num_epochs: 1"))

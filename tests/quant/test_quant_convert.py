@@ -98,6 +98,7 @@ def _compare(q: nn.Module, i: nn.Module, x: torch.Tensor) -> dict[str, torch.Ten
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_integer_model_matches_qat_eval(mode: str, digits: tuple) -> None:
     """QAT eval is the integer model, bit for bit; the float simulation QAT trains with
     stays within one output scale on >= 99.9% of each layer's values, never beyond two."""
