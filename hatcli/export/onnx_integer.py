@@ -35,11 +35,10 @@ from hatcli.export.onnx_graph import (
 )
 from hatcli.export.onnx_record import record_graph
 from hatcli.export.result import ExportResult, OutputScale
+from hatcli.quant.int8 import ABS_MAX, QUANT_MAX, QUANT_MIN, UINT8_OFFSET
 from hatcli.quant.nn import quantized as qnn
 from hatcli.quant.nn.quantized.weighted import WeightedIntegerModule
 from hatcli.quant.qtensor import QTensor
-
-ZERO_POINT = 128
 
 
 class IntegerOpsBuilder:
@@ -70,15 +69,15 @@ def _cast(g: Graph, x: str, to: int, name: str) -> str:
 def _centred(g: Graph, x: str, to: int, name: str) -> str:
     """A uint8 activation as its int8 value ``q``, in type ``to`` (exact)."""
     dtype = np.float64 if to == g.types.DOUBLE else np.int32
-    zp = g.const(f"{name}.zero_point", np.array(ZERO_POINT, dtype=dtype))
+    zp = g.const(f"{name}.zero_point", np.array(UINT8_OFFSET, dtype=dtype))
     return g.node("Sub", [_cast(g, x, to, name), zp], f"{name}.centred")
 
 
 def _to_uint8(g: Graph, ints: str, dtype: type, qmin: int, qmax: int, path: str) -> str:
     """Integer values (in a float type) clamped to [qmin, qmax], as uint8 ``q + 128``."""
-    zp = g.const(f"{path}.zero_point", np.array(ZERO_POINT, dtype=dtype))
-    lo = g.const(f"{path}.qmin", np.array(qmin + ZERO_POINT, dtype=dtype))
-    hi = g.const(f"{path}.qmax", np.array(qmax + ZERO_POINT, dtype=dtype))
+    zp = g.const(f"{path}.zero_point", np.array(UINT8_OFFSET, dtype=dtype))
+    lo = g.const(f"{path}.qmin", np.array(qmin + UINT8_OFFSET, dtype=dtype))
+    hi = g.const(f"{path}.qmax", np.array(qmax + UINT8_OFFSET, dtype=dtype))
     shifted = g.node("Add", [ints, zp], f"{path}.shift")
     clipped = g.node("Clip", [shifted, lo, hi], f"{path}.clip")
     return _cast(g, clipped, g.types.UINT8, f"{path}.uint8")
@@ -112,9 +111,9 @@ def _activation(g: Graph, t: Any, what: str) -> Value:
 
 def _weight(g: Graph, path: str, w: torch.Tensor) -> tuple[str, str]:
     """An int8 weight as uint8 ``w + 128`` and its zero point."""
-    u8 = (w.to(torch.int16) + ZERO_POINT).to(torch.uint8).cpu().numpy()
+    u8 = (w.to(torch.int16) + UINT8_OFFSET).to(torch.uint8).cpu().numpy()
     return g.const(f"{path}.weight", u8), g.const(
-        f"{path}.weight_zero_point", np.array(ZERO_POINT, dtype=np.uint8)
+        f"{path}.weight_zero_point", np.array(UINT8_OFFSET, dtype=np.uint8)
     )
 
 
@@ -147,7 +146,7 @@ def _accumulated(
 def _conv_node(g: Graph, call: Call[qnn.Conv2d], v: Value) -> str:
     mod, path = call.module, call.path
     w, wz = _weight(g, path, mod.weight)
-    xz = g.const(f"{path}.input_zero_point", np.array(ZERO_POINT, dtype=np.uint8))
+    xz = g.const(f"{path}.input_zero_point", np.array(UINT8_OFFSET, dtype=np.uint8))
     kh, kw = mod.weight.shape[2:]
     ph, pw = mod.padding
     return g.node(
@@ -173,7 +172,7 @@ def quant_stub(g: Graph, call: Call[qnn.QuantStub]) -> None:
     scale = np.float32(call.module.scale.item())
     inv = g.const(f"{path}.inv_scale", np.array(np.float32(1.0) / scale, dtype=np.float32))
     y = g.node("Round", [g.node("Mul", [v.name, inv], f"{path}.mul")], f"{path}.round")
-    g.record(call.out, Value(_to_uint8(g, y, np.float32, -128, 127, path), float(scale)))
+    g.record(call.out, Value(_to_uint8(g, y, np.float32, QUANT_MIN, QUANT_MAX, path), float(scale)))
 
 
 def dequant_stub(g: Graph, call: Call[qnn.DeQuantStub]) -> None:
@@ -216,7 +215,7 @@ def linear(g: Graph, call: Call[qnn.Linear]) -> None:
     if inp.dim() != 2:
         raise InputError(f"cannot export {path} (Linear) on a {inp.dim()}-D input: 2-D only")
     w, wz = _weight(g, path, call.module.weight.t().contiguous())
-    xz = g.const(f"{path}.input_zero_point", np.array(ZERO_POINT, dtype=np.uint8))
+    xz = g.const(f"{path}.input_zero_point", np.array(UINT8_OFFSET, dtype=np.uint8))
     acc = g.node("MatMulInteger", [v.name, w, xz, wz], f"{path}.matmul")
     _accumulated(g, call, acc, [-1], (v.scale,))  # type: ignore[arg-type]
 
@@ -224,8 +223,8 @@ def linear(g: Graph, call: Call[qnn.Linear]) -> None:
 def relu(g: Graph, call: Call[qnn.ReLU]) -> None:
     path = call.path
     v = _activation(g, call.input, call.what)
-    lo = g.const(f"{path}.min", np.array(ZERO_POINT, dtype=np.uint8))
-    hi = g.const(f"{path}.max", np.array(127 + ZERO_POINT, dtype=np.uint8))
+    lo = g.const(f"{path}.min", np.array(UINT8_OFFSET, dtype=np.uint8))
+    hi = g.const(f"{path}.max", np.array(QUANT_MAX + UINT8_OFFSET, dtype=np.uint8))
     g.record(call.out, Value(g.node("Clip", [v.name, lo, hi], f"{path}.relu"), v.scale))
 
 
@@ -250,7 +249,7 @@ def pool(g: Graph, call: Call[qnn.AdaptiveAvgPool2d]) -> None:
     axes = g.const(f"{path}.axes", np.array([3, 5], dtype=np.int64))
     sums = g.node("ReduceSum", [blocks, axes], f"{path}.sum", keepdims=0)
     m, shift = mod.multiplier(v.scale, kh * kw)  # type: ignore[arg-type]
-    q = _requantize(g, [(sums, _multiplier(m, shift, []), False)], -128, 127, path)
+    q = _requantize(g, [(sums, _multiplier(m, shift, []), False)], QUANT_MIN, QUANT_MAX, path)
     g.record(call.out, Value(q, float(mod.output_scale)))
 
 
@@ -262,7 +261,7 @@ def functional_add(g: Graph, call: FunctionalCall) -> None:
         (a.name, _multiplier(mults[0], shift, []), True),
         (b.name, _multiplier(mults[1], shift, []), True),
     ]
-    q = _requantize(g, terms, -128, 127, where)
+    q = _requantize(g, terms, QUANT_MIN, QUANT_MAX, where)
     g.record(call.out, Value(q, float(call.module.output_scale)))
 
 
@@ -272,9 +271,9 @@ def functional_mul(g: Graph, call: FunctionalCall) -> None:
     xa = _centred(g, a.name, g.types.INT32, f"{where}.a")
     xb = _centred(g, b.name, g.types.INT32, f"{where}.b")
     prod = g.node("Mul", [xa, xb], f"{where}.product")
-    (m,), shift = call.module.multipliers([a.scale * b.scale], 128 * 128)  # type: ignore[operator]
+    (m,), shift = call.module.multipliers([a.scale * b.scale], ABS_MAX * ABS_MAX)  # type: ignore[operator]
     terms = [(prod, _multiplier(m, shift, []), False)]
-    q = _requantize(g, terms, -128, 127, where)
+    q = _requantize(g, terms, QUANT_MIN, QUANT_MAX, where)
     g.record(call.out, Value(q, float(call.module.output_scale)))
 
 
@@ -285,7 +284,7 @@ def functional_cat(g: Graph, call: FunctionalCall) -> None:
         v = _activation(g, t, where)
         (m,), shift = call.module.multipliers([v.scale])
         terms = [(v.name, _multiplier(m, shift, []), True)]
-        parts.append(_requantize(g, terms, -128, 127, f"{where}{i}"))
+        parts.append(_requantize(g, terms, QUANT_MIN, QUANT_MAX, f"{where}{i}"))
     q = g.node("Concat", parts, where, axis=call.dim)
     g.record(call.out, Value(q, float(call.module.output_scale)))
 

@@ -32,6 +32,7 @@ from hatcli.export.onnx_graph import (
 )
 from hatcli.export.onnx_record import record_graph
 from hatcli.export.result import ExportResult, OutputScale
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.nn import quantized as qnn
 from hatcli.quant.nn.quantized.weighted import WeightedIntegerModule
 from hatcli.quant.qtensor import QTensor
@@ -78,12 +79,12 @@ def dequantize(g: Graph, v: Value, what: str) -> str:
 
 
 def _clamp(g: Graph, y: str, qmin: int, qmax: int, s_out: float, path: str) -> str:
-    if qmin == 0 and qmax == 127:
+    if qmin == 0 and qmax == QUANT_MAX:
         return g.node("Relu", [y], f"{path}.relu")
-    if qmin <= -128 and qmax >= 127:
+    if qmin <= QUANT_MIN and qmax >= QUANT_MAX:
         return y
-    lo = g.const(f"{path}.min", np.array(max(qmin, -128) * s_out, dtype=np.float32))
-    hi = g.const(f"{path}.max", np.array(min(qmax, 127) * s_out, dtype=np.float32))
+    lo = g.const(f"{path}.min", np.array(max(qmin, QUANT_MIN) * s_out, dtype=np.float32))
+    hi = g.const(f"{path}.max", np.array(min(qmax, QUANT_MAX) * s_out, dtype=np.float32))
     return g.node("Clip", [y, lo, hi], f"{path}.clip")
 
 

@@ -23,15 +23,11 @@ class ConvBN2d(nn.Module):
             in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
         )
         self.bn: nn.Module = nn.BatchNorm2d(out_channels)
-        self.fused = False
 
     def fuse_model(self) -> None:
-        """Mark the block fused: QAT treats conv, BN (and what follows) as one op.
-
-        The block itself is unchanged; the QAT module built from it decides by its
-        qat_mode whether BN is folded into the conv first (``fuse_bn``) or kept.
-        """
-        self.fused = True
+        """HAT's contract; nothing to do: QAT always treats conv, BN (and what follows)
+        as one op, and the QAT module built from the block decides by its qat_mode
+        whether BN is folded into the conv first (``fuse_bn``) or kept."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))  # type: ignore[no-any-return]  # Module.__call__ is Any

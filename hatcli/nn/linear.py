@@ -13,11 +13,10 @@ class LinearReLU(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.act = nn.ReLU()
-        self.fused = False
 
     def fuse_model(self) -> None:
-        """Mark the block fused: QAT treats linear + ReLU as one op with one output scale."""
-        self.fused = True
+        """HAT's contract; nothing to do: QAT always treats linear + ReLU as one op with
+        one output scale."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.linear(x))  # type: ignore[no-any-return]  # Module.__call__ is Any

@@ -35,14 +35,16 @@ def _randomise_bn(model: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_fuse_model_only_marks_fused_whatever_the_global_mode(mode: str) -> None:
+def test_fuse_model_leaves_the_float_block_as_it_is_whatever_the_global_mode(mode: str) -> None:
     set_qat_mode(mode)  # HAT's global: hatcli.nn does not read it
     block = ConvBNReLU2d(3, 4, 3)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
     block.fuse_model()
-    assert block.fused and isinstance(block.bn, nn.BatchNorm2d) and block.conv.bias is None
+    assert isinstance(block.bn, nn.BatchNorm2d) and block.conv.bias is None
+    assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
     lin = LinearReLU(3, 4)
     lin.fuse_model()
-    assert lin.fused
+    assert isinstance(lin.act, nn.ReLU)
 
 
 @pytest.mark.parametrize("cls", CONV_BLOCKS)

@@ -85,7 +85,6 @@ class Conv2d(IntegerEval):
     """QAT ``nn.Conv2d``: the base of the conv-BN blocks, with BN and activation absent."""
 
     _FLOAT: ClassVar[type[nn.Module]] = nn.Conv2d
-    has_residual: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -258,7 +257,6 @@ class ConvBNAdd2d(Conv2d):
     """QAT ``hatcli.nn.ConvBNAdd2d``: the residual joins before the output fake-quant."""
 
     _FLOAT: ClassVar[type[nn.Module]] = float_nn.ConvBNAdd2d
-    has_residual = True
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.exact_eval(lambda: self._post(self._conv_bn(x) + residual), [x, residual])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.quantized.base import clamp_bounds
 from hatcli.quant.nn.quantized.int_matmul import (
@@ -50,8 +51,8 @@ class Conv2d(WeightedIntegerModule):
         padding: tuple[int, int] = (0, 0),
         dilation: tuple[int, int] = (1, 1),
         groups: int = 1,
-        qmin: int = -128,
-        qmax: int = 127,
+        qmin: int = QUANT_MIN,
+        qmax: int = QUANT_MAX,
     ) -> None:
         super().__init__(weight, weight_scale, bias, output_scale, qmin, qmax)
         self.stride, self.padding, self.dilation = stride, padding, dilation

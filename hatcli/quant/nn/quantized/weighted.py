@@ -10,6 +10,7 @@ import torch
 
 from hatcli.quant.fake_quantize import FakeQuantize
 from hatcli.quant.fuse_modules import channel_view
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier
 
@@ -34,7 +35,7 @@ def integer_weight(fq: FakeQuantize, w: torch.Tensor) -> tuple[torch.Tensor, tor
         obs(w)
     scale = fq.scale.to(w.device)
     zp = torch.zeros_like(scale, dtype=torch.int32)
-    w_fq = torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -128, 127)
+    w_fq = torch.fake_quantize_per_channel_affine(w, scale, zp, 0, QUANT_MIN, QUANT_MAX)
     # w_fq is q * scale in float32; dividing recovers q exactly (|q| <= 128).
     w_int = torch.round(w_fq / channel_view(scale, w.dim())).to(torch.int8)
     return w_int, scale
@@ -56,8 +57,8 @@ class WeightedIntegerModule(IntegerModule):
         weight_scale: torch.Tensor,
         bias: torch.Tensor,
         output_scale: torch.Tensor | None,
-        qmin: int = -128,
-        qmax: int = 127,
+        qmin: int = QUANT_MIN,
+        qmax: int = QUANT_MAX,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight.to(torch.int8))
