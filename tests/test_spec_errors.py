@@ -245,3 +245,25 @@ def test_an_unknown_component_is_named_by_its_kind_in_the_singular(
         hatcli.load_spec(path)
     (line,) = [str(p) for p in info.value.problems]
     assert fragment in line
+
+
+def test_stage_placeholders_in_a_shared_x_anchor_are_filled_where_it_is_used(
+    tmp_path: Path,
+) -> None:
+    text = (Path(__file__).parents[1] / "examples" / "digits" / "spec.yaml").read_text()
+    for stage in ("float", "qat"):
+        old = f"      - {{type: Checkpoint, name_prefix: {stage}-, monitor_metric_key: accuracy"
+        old += ", mode: max}"
+        assert old in text
+        text = text.replace(old, "      - *ckpt")
+    text = text.replace(
+        "stages:\n",
+        "x-shared:\n  ckpt: &ckpt {type: Checkpoint, name_prefix: '{stage}-', "
+        "monitor_metric_key: accuracy}\n\nstages:\n",
+        1,
+    )
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    loaded = hatcli.load_spec(spec)
+    assert loaded.data["stages"]["float"]["callbacks"][1]["name_prefix"] == "float-"
+    assert loaded.data["stages"]["qat"]["callbacks"][1]["name_prefix"] == "qat-"

@@ -125,11 +125,13 @@ def load_spec(path: str | Path, *, work_dir: str | Path | None = None) -> Spec:
                 )
                 problems += found
             resolved[key] = stages
-        elif key != "work_dir":
+        elif key == "work_dir" or key.startswith("x-"):
+            # An x- key holds anchors for reuse: each alias is interpolated where it is
+            # used (a shared Checkpoint's "{stage}-" inside each stage), not here.
+            resolved[key] = value
+        else:
             resolved[key], found = interpolate(value, variables, (key,), positions)
             problems += found
-        else:
-            resolved[key] = value
     if problems:
         raise SpecError(sorted(set(problems)))
     return Spec(path, resolved, positions)
