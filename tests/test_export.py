@@ -317,3 +317,16 @@ def test_cli_rejects_an_unknown_format(trained: tuple[Path, Path], hat_cli: RunH
     spec, work = trained
     result = hat_cli("export", spec, "--stage", "float", "--format", "tflite", "--work-dir", work)
     assert result.returncode == 2 and "--format" in result.stderr
+
+
+@pytest.mark.slow
+def test_torchscript_of_a_qat_stage_is_refused_in_one_line(
+    trained: tuple[Path, Path], hat_cli: RunHat
+) -> None:
+    spec, work = trained
+    out = work / "elsewhere" / "qat-model.pt"
+    args = ("export", spec, "-s", "qat", "-f", "torchscript", "--work-dir", work, "-o", out)
+    result = hat_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error: a QAT model has no TorchScript form")
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -267,3 +267,16 @@ def test_stage_placeholders_in_a_shared_x_anchor_are_filled_where_it_is_used(
     loaded = hatcli.load_spec(spec)
     assert loaded.data["stages"]["float"]["callbacks"][1]["name_prefix"] == "float-"
     assert loaded.data["stages"]["qat"]["callbacks"][1]["name_prefix"] == "qat-"
+
+
+def test_save_traced_in_a_qat_stage_is_a_validation_error(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[1] / "examples" / "digits" / "spec.yaml").read_text()
+    old = "      - {type: Checkpoint, name_prefix: qat-, monitor_metric_key: accuracy, mode: max}"
+    assert old in text
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text.replace(old, old + "\n      - {type: SaveTraced}"))
+    with pytest.raises(SpecError) as caught:
+        hatcli.load_spec(spec)
+    (problem,) = caught.value.problems
+    assert problem.path == "stages.qat.callbacks[2]"
+    assert "SaveTraced cannot trace a QAT model" in problem.message

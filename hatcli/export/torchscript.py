@@ -15,6 +15,12 @@ from hatcli.errors import InputError, RunError, one_line
 from hatcli.export.exporter import Batch, Exporter
 from hatcli.export.result import ExportResult, accuracy, agreement
 
+QAT_HAS_NO_TORCHSCRIPT = (
+    "a QAT model has no TorchScript form (its fake quantization runs Python autograd "
+    "functions); trace the integer model instead (its int_infer stage, after QAT2Quantize), "
+    "or export this stage with --format onnx or onnx-integer"
+)
+
 
 class TorchScriptExporter(Exporter):
     """``--format torchscript``: the traced model, loaded back and run on the val split."""
@@ -29,6 +35,8 @@ class TorchScriptExporter(Exporter):
         result: ExportResult,
         path: Path,
     ) -> None:
+        if result.kind == "qat":
+            raise InputError(QAT_HAS_NO_TORCHSCRIPT)
         with warnings.catch_warnings():
             # Tracing records the model's fixed scales and shapes, which is the intent.
             # torch.jit re-exports TracerWarning, trace and load without annotations.

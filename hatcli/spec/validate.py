@@ -125,6 +125,7 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
                     (*where, "num_steps"), "set num_epochs or num_steps, not both", at_key=True
                 )
             )
+        problems += _save_traced_of_a_qat_model(stage, where, positions)
         if not trains(stage.get("num_epochs"), stage.get("num_steps")):
             continue
         if "optimizer" not in stage and _trainer_needs_optimizer(stage):
@@ -139,6 +140,30 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
                 )
             )
     return problems
+
+
+def _type_names(nodes: Any) -> list[Any]:
+    items = nodes if isinstance(nodes, list) else []
+    return [node.get("type") if isinstance(node, dict) else node for node in items]
+
+
+def _save_traced_of_a_qat_model(
+    stage: dict[str, Any], where: JsonPath, positions: Positions
+) -> list[Problem]:
+    """``SaveTraced`` in a stage whose pipeline ends at a QAT model: nothing to trace."""
+    pipeline = stage.get("model_convert_pipeline")
+    converters = _type_names(pipeline.get("converters") if isinstance(pipeline, dict) else None)
+    if "Float2QAT" not in converters or "QAT2Quantize" in converters:
+        return []
+    return [
+        positions.problem(
+            (*where, "callbacks", index),
+            "SaveTraced cannot trace a QAT model (its fake quantization has no TorchScript "
+            "form); trace the integer model in the stage after QAT2Quantize",
+        )
+        for index, name in enumerate(_type_names(stage.get("callbacks")))
+        if name == "SaveTraced"
+    ]
 
 
 def _checkpoint_clashes(data: dict[str, Any], positions: Positions) -> list[Problem]:
