@@ -53,4 +53,4 @@ def test_an_option_hat_does_not_honour_is_a_spec_error(
 
 def test_the_options_without_them_load(tmp_path: Path) -> None:
     load(tmp_path, "{type: FuseBN, modules: [[stem]], step_or_epoch: [1]}")
-    load(tmp_path, "{type: Checkpoint, monitor_metric_key: accuracy}")
+    load(tmp_path, "{type: Checkpoint, save_last: true}")

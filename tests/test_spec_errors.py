@@ -280,3 +280,36 @@ def test_save_traced_in_a_qat_stage_is_a_validation_error(tmp_path: Path) -> Non
     (problem,) = caught.value.problems
     assert problem.path == "stages.qat.callbacks[2]"
     assert "SaveTraced cannot trace a QAT model" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "fragment"),
+    [
+        (
+            "      - {type: Validation, data: val}\n"
+            "      - {type: Checkpoint, name_prefix: float-, monitor_metric_key: accuracy",
+            "      - {type: Checkpoint, name_prefix: float-, monitor_metric_key: accuracy",
+            "stages.float.callbacks[0].monitor_metric_key",
+            "monitor_metric_key 'accuracy' needs a Validation callback in this stage",
+        ),
+        (
+            "      - {type: Checkpoint, name_prefix: qat-,",
+            "      - {type: FuseBN, modules: [[stem]], step_or_epoch: [1]}\n"
+            "      - {type: Checkpoint, name_prefix: qat-,",
+            "stages.qat.callbacks[1]",
+            "FuseBN needs qat_mode with_bn or with_bn_reverse_fold (this stage uses fuse_bn",
+        ),
+    ],
+    ids=["monitor-without-validation", "fusebn-under-fuse_bn"],
+)
+def test_what_fails_at_once_when_training_starts_fails_in_validate(
+    tmp_path: Path, old: str, new: str, path: str, fragment: str
+) -> None:
+    text = (Path(__file__).parents[1] / "examples" / "digits" / "spec.yaml").read_text()
+    assert old in text
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text.replace(old, new, 1))
+    with pytest.raises(SpecError) as caught:
+        hatcli.load_spec(spec)
+    (problem,) = caught.value.problems
+    assert problem.path == path and fragment in problem.message

@@ -126,6 +126,7 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
                 )
             )
         problems += _save_traced_of_a_qat_model(stage, where, positions)
+        problems += _callbacks_the_stage_cannot_serve(stage, where, positions)
         if not trains(stage.get("num_epochs"), stage.get("num_steps")):
             continue
         if "optimizer" not in stage and _trainer_needs_optimizer(stage):
@@ -164,6 +165,42 @@ def _save_traced_of_a_qat_model(
         for index, name in enumerate(_type_names(stage.get("callbacks")))
         if name == "SaveTraced"
     ]
+
+
+# Built-in callbacks that put no metric in ctx.metrics (a plugin's callback may).
+NO_METRICS = {"Checkpoint", "FuseBN", "SaveTraced"}
+WITH_BN_MODES = {"with_bn", "with_bn_reverse_fold"}
+
+
+def _callbacks_the_stage_cannot_serve(
+    stage: dict[str, Any], where: JsonPath, positions: Positions
+) -> list[Problem]:
+    """A monitored metric nothing computes; FuseBN where BN is folded before QAT."""
+    nodes = stage.get("callbacks")
+    names = _type_names(nodes)
+    pipeline = stage.get("model_convert_pipeline")
+    qat_mode = pipeline.get("qat_mode", defaults.QAT_MODE) if isinstance(pipeline, dict) else None
+    problems = []
+    for index, (name, node) in enumerate(zip(names, nodes or [], strict=False)):
+        at: JsonPath = (*where, "callbacks", index)
+        monitor = node.get("monitor_metric_key") if isinstance(node, dict) else None
+        if name == "Checkpoint" and monitor is not None and set(names) <= NO_METRICS:
+            problems.append(
+                positions.problem(
+                    (*at, "monitor_metric_key"),
+                    f"Checkpoint: monitor_metric_key {monitor!r} needs a Validation callback "
+                    "in this stage",
+                )
+            )
+        if name == "FuseBN" and isinstance(qat_mode, str) and qat_mode not in WITH_BN_MODES:
+            problems.append(
+                positions.problem(
+                    at,
+                    f"FuseBN needs qat_mode with_bn or with_bn_reverse_fold (this stage uses "
+                    f"{qat_mode}, where BN is already folded before QAT)",
+                )
+            )
+    return problems
 
 
 def _checkpoint_clashes(data: dict[str, Any], positions: Positions) -> list[Problem]:
