@@ -8,7 +8,6 @@ import pickle
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,26 +61,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def is_temp_file_of(name: str, targets: Iterable[str] | re.Pattern[str]) -> bool:
-    """Whether ``name`` is a temp file ``atomic_write_bytes`` made for one of ``targets``
-    (file names, or a pattern a target name fully matches)."""
-    match = _TEMP_NAME.fullmatch(name)
-    if match is None:
-        return False
-    target = match.group("target")
-    if isinstance(targets, re.Pattern):
-        return targets.fullmatch(target) is not None
-    return target in set(targets)
-
-
-def remove_stale_temp_files(folder: str | Path, targets: Iterable[str] | re.Pattern[str]) -> None:
-    """Temp files left by a hat process killed while writing one of ``targets`` in
-    ``folder`` (the targets themselves are intact). Nothing else is touched."""
+def remove_stale_temp_files(folder: str | Path, targets: re.Pattern[str]) -> None:
+    """Temp files left by a hat process killed while writing a file whose name
+    ``targets`` fully matches, in ``folder`` (the targets themselves are intact).
+    Nothing else is touched."""
     directory = Path(folder)
     if not directory.is_dir():
         return
     for entry in directory.iterdir():
-        if is_temp_file_of(entry.name, targets) and entry.is_file() and not entry.is_symlink():
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or targets.fullmatch(match.group("target")) is None:
+            continue
+        if entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
 
 

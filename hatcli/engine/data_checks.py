@@ -47,6 +47,13 @@ def all_finite(value: Any) -> bool:
     return True
 
 
+def refuse_non_finite_inputs(inputs: Any, data: str, when: str) -> None:
+    """A ``DataError`` when a batch's inputs hold NaN or infinity (``data`` names the
+    split, ``when`` the batch)."""
+    if not all_finite(inputs):
+        raise DataError(f"{data} has non-finite inputs in this batch ({when})")
+
+
 def label_problem(outputs: Any, targets: Any, loss_fn: Any, any_loss: bool = False) -> str | None:
     """What is wrong with ``targets`` as class indices of ``outputs``, or None.
 

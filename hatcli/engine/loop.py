@@ -11,11 +11,16 @@ import torch
 from torch import nn
 
 from hatcli.engine.context import LoopContext
-from hatcli.engine.data_checks import all_finite, checked_forward, data_name, named_batches
+from hatcli.engine.data_checks import (
+    checked_forward,
+    data_name,
+    named_batches,
+    refuse_non_finite_inputs,
+)
 from hatcli.engine.distributed import any_process
 from hatcli.engine.interrupt import GracefulInterrupt, Interrupted
 from hatcli.engine.sampler import EpochSampler
-from hatcli.errors import DataError, RunError
+from hatcli.errors import RunError
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -125,8 +130,7 @@ class Trainer:
         _, loss = checked_forward(model, ctx.loss_fn, inputs, targets, data, when, ctx.model)
         value = loss.item()
         if not math.isfinite(value):
-            if not all_finite(inputs):
-                raise DataError(f"{data} has non-finite inputs in this batch ({when})")
+            refuse_non_finite_inputs(inputs, data, when)
             raise RunError(
                 f"loss became {value} at epoch {ctx.epoch}, step {ctx.global_step + 1}; "
                 "nothing was saved for this step (try a lower learning rate)"

@@ -18,6 +18,20 @@ class QATMode(str, Enum):  # noqa: UP042 (StrEnum needs Python 3.11)
     WithBNReverseFold = "with_bn_reverse_fold"
 
 
+WITH_BN_MODES = frozenset({QATMode.WithBN.value, QATMode.WithBNReverseFold.value})
+"""The modes that train with BN, which ``FuseBN`` absorbs during QAT."""
+
+
+def fuse_bn_mode_problem(mode: str) -> str | None:
+    """Why ``FuseBN`` cannot run under ``mode``, or ``None`` when it can."""
+    if mode in WITH_BN_MODES:
+        return None
+    return (
+        f"FuseBN needs qat_mode with_bn or with_bn_reverse_fold (this stage uses {mode}, "
+        "where BN is already folded before QAT)"
+    )
+
+
 _qat_mode: QATMode = QATMode.FuseBN
 
 

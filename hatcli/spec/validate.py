@@ -11,6 +11,7 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 
 from hatcli import plugins
 from hatcli.errors import Problem
+from hatcli.quant.qat_mode import fuse_bn_mode_problem
 from hatcli.spec import defaults
 from hatcli.spec.loader import JsonPath, Positions
 from hatcli.spec.schema import COMMON_KEYWORD, KIND_KEYWORD, base_schema, component_schema
@@ -169,7 +170,6 @@ def _save_traced_of_a_qat_model(
 
 # Built-in callbacks that put no metric in ctx.metrics (a plugin's callback may).
 NO_METRICS = {"Checkpoint", "FuseBN", "SaveTraced"}
-WITH_BN_MODES = {"with_bn", "with_bn_reverse_fold"}
 
 
 def _callbacks_the_stage_cannot_serve(
@@ -192,14 +192,9 @@ def _callbacks_the_stage_cannot_serve(
                     "in this stage",
                 )
             )
-        if name == "FuseBN" and isinstance(qat_mode, str) and qat_mode not in WITH_BN_MODES:
-            problems.append(
-                positions.problem(
-                    at,
-                    f"FuseBN needs qat_mode with_bn or with_bn_reverse_fold (this stage uses "
-                    f"{qat_mode}, where BN is already folded before QAT)",
-                )
-            )
+        problem = fuse_bn_mode_problem(qat_mode) if isinstance(qat_mode, str) else None
+        if name == "FuseBN" and problem is not None:
+            problems.append(positions.problem(at, problem))
     return problems
 
 

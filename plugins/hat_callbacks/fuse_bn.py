@@ -10,8 +10,7 @@ from hatcli.engine.context import LoopContext
 from hatcli.errors import InputError
 from hatcli.quant import absorb_bn, update_optimizer_params
 from hatcli.quant.absorb_bn import holds_bn
-
-WITH_BN_MODES = ("with_bn", "with_bn_reverse_fold")
+from hatcli.quant.qat_mode import fuse_bn_mode_problem
 
 
 class FuseBN(Callback):
@@ -39,11 +38,9 @@ class FuseBN(Callback):
         self.absorbed: list[str] = []
 
     def check(self, ctx: LoopContext) -> None:
-        if ctx.qat_mode not in WITH_BN_MODES:
-            raise InputError(
-                f"FuseBN needs qat_mode with_bn or with_bn_reverse_fold (this stage uses "
-                f"{ctx.qat_mode}, where BN is already folded before QAT)"
-            )
+        problem = fuse_bn_mode_problem(str(ctx.qat_mode))
+        if problem is not None:
+            raise InputError(problem)
         names = [name for name, _ in ctx.model.named_modules()]
         for _, group in self.plan:
             for name in group:

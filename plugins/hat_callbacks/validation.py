@@ -13,7 +13,12 @@ from hatcli import plugins
 from hatcli.engine.build import split_node
 from hatcli.engine.callback import Callback
 from hatcli.engine.context import LoopContext
-from hatcli.engine.data_checks import all_finite, checked_forward, data_name, named_batches
+from hatcli.engine.data_checks import (
+    checked_forward,
+    data_name,
+    named_batches,
+    refuse_non_finite_inputs,
+)
 from hatcli.engine.distributed import any_process, min_over_processes
 from hatcli.engine.metric import MeanLoss, Metric, TopKAccuracy
 from hatcli.errors import DataError, InputError
@@ -108,8 +113,8 @@ class Validation(Callback):
             inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
             when = f"batch {index + 1} of the validation after step {ctx.global_step}"
             outputs, loss = checked_forward(ctx.model, ctx.loss_fn, inputs, targets, data, when)
-            if not math.isfinite(float(loss)) and not all_finite(inputs):
-                raise DataError(f"{data} has non-finite inputs in this batch ({when})")
+            if not math.isfinite(float(loss)):
+                refuse_non_finite_inputs(inputs, data, when)
             for metric in self.metrics:
                 metric.update(outputs, targets, loss)
         results: dict[str, float] = {}

@@ -9,7 +9,7 @@ from torch import nn
 
 from hatcli.engine import distributed
 from hatcli.engine.context import LoopContext
-from hatcli.engine.data_checks import all_finite, data_name, input_problem
+from hatcli.engine.data_checks import data_name, input_problem, refuse_non_finite_inputs
 from hatcli.engine.loop import Trainer
 from hatcli.errors import DataError
 from hatcli.quant import FakeQuantize
@@ -53,8 +53,8 @@ class Calibrator(Trainer):
         inputs, targets = batch
         data = data_name(ctx.data_loaders.get("train"), "train")
         when = f"epoch {ctx.epoch}, step {ctx.global_step + 1}"
-        if not all_finite(inputs):  # observers would take NaN into their ranges for good
-            raise DataError(f"{data} has non-finite inputs in this batch ({when})")
+        # Observers would take NaN into their ranges for good.
+        refuse_non_finite_inputs(inputs, data, when)
         try:
             ctx.model(inputs)
         except RuntimeError as exc:
