@@ -30,6 +30,25 @@ FLOAT_TO_QAT: dict[type[nn.Module], type[nn.Module]] = {
     stubs.QuantStub: qat.QuantStub,
     stubs.DeQuantStub: qat.DeQuantStub,
     functional.QFunctional: qat.QFunctional,
+    nn.MaxPool2d: qat.MaxPool2d,
+    nn.AvgPool2d: qat.AvgPool2d,
+    nn.Dropout: qat.Dropout,
+    **{
+        act: qat.Elementwise
+        for act in (
+            nn.Sigmoid,
+            nn.Hardsigmoid,
+            nn.SiLU,
+            nn.Hardswish,
+            nn.GELU,
+            nn.Tanh,
+            nn.LeakyReLU,
+            nn.Hardtanh,
+            nn.ELU,
+            nn.Mish,
+            nn.Softplus,
+        )
+    },
 }
 """Float type -> QAT type (built by its ``from_float``)."""
 
@@ -49,5 +68,15 @@ QAT_TO_INTEGER: dict[type[nn.Module], Callable[..., nn.Module]] = {
     qat.QuantStub: quantized.QuantStub.from_qat,
     qat.DeQuantStub: quantized.DeQuantStub.from_qat,
     qat.QFunctional: quantized.QFunctional.from_qat,
+    qat.Elementwise: quantized.Elementwise.from_qat,
+    qat.MaxPool2d: quantized.MaxPool2d.from_qat,
+    qat.AvgPool2d: quantized.AvgPool2d.from_qat,
+    qat.Mean: quantized.Mean.from_qat,
+    qat.Add: quantized.Add.from_qat,
+    qat.Sub: quantized.Sub.from_qat,
+    qat.Mul: quantized.Mul.from_qat,
+    qat.Cat: quantized.Cat.from_qat,
+    qat.Stack: quantized.Stack.from_qat,
+    qat.Dropout: quantized.Dropout.from_qat,
 }
 """QAT type -> integer module factory."""

@@ -1,4 +1,5 @@
-"""QAT QFunctional: ``add``, ``cat`` and ``mul`` followed by an output fake-quant."""
+"""QAT QFunctional: ``add``, ``sub``, ``mul``, ``cat`` and ``stack`` followed by an output
+fake-quant."""
 
 from __future__ import annotations
 
@@ -42,3 +43,13 @@ class QFunctional(IntegerEval):
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         app = self.activation_post_process
         return self.exact_eval(lambda: app(torch.mul(a, b)), [a, b], lambda t, *q: t.mul(*q))
+
+    def sub(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        app = self.activation_post_process
+        return self.exact_eval(lambda: app(torch.sub(a, b)), [a, b], lambda t, *q: t.sub(*q))
+
+    def stack(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+        app, xs = self.activation_post_process, list(tensors)
+        return self.exact_eval(
+            lambda: app(torch.stack(xs, dim=dim)), xs, lambda t, *q: t.stack(q, dim=dim)
+        )

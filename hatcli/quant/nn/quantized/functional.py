@@ -1,9 +1,11 @@
-"""Integer QFunctional: add and cat rescale every input to the output scale; mul
-multiplies the integers and rescales by ``s_a * s_b / s_out``."""
+"""Integer QFunctional: add, sub, cat and stack rescale every input to the output scale;
+mul multiplies the integers and rescales by ``s_a * s_b / s_out``. Operands broadcast as
+torch's do."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Self
 
 import torch
 
@@ -15,7 +17,7 @@ from hatcli.quant.qtensor import QTensor
 
 
 class QFunctional(IntegerModule):
-    """Integer ``add``, ``cat`` and ``mul`` with one output scale."""
+    """Integer ``add``, ``sub``, ``mul``, ``cat`` and ``stack`` with one output scale."""
 
     output_scale: torch.Tensor
 
@@ -24,7 +26,7 @@ class QFunctional(IntegerModule):
         self.register_buffer("output_scale", output_scale.detach().float().reshape(()))
 
     @classmethod
-    def from_qat(cls, mod: qat.QFunctional) -> QFunctional:
+    def from_qat(cls, mod: qat.QFunctional) -> Self:
         return cls(mod.activation_post_process.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,12 +45,26 @@ class QFunctional(IntegerModule):
         return requantize([(x, m) for (x, _), m in zip(xs, mults, strict=True)], shift)
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
-        xa, xb = self._int8_input(a, "a"), self._int8_input(b, "b")
-        return QTensor(self._requant([xa, xb]), self.output_scale)
+        return QTensor(self._add(a, b, 1), self.output_scale)
+
+    def sub(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
+        return QTensor(self._add(a, b, -1), self.output_scale)
+
+    def _add(self, a: torch.Tensor, b: torch.Tensor, sign: int) -> torch.Tensor:
+        """``a + sign * b`` requantized, both terms with one shift."""
+        (xa, sa), (xb, sb) = self._int8_input(a, "a"), self._int8_input(b, "b")
+        xa, xb = torch.broadcast_tensors(xa, xb)  # type: ignore[no-untyped-call]  # torch: untyped
+        (ma, mb), shift = self.multipliers([sa, sb])
+        return requantize([(xa, ma), (xb, sign * mb)], shift)
 
     def cat(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> QTensor:
-        parts = [self._requant([self._int8_input(t, "tensors")]) for t in tensors]
-        return QTensor(torch.cat(parts, dim=dim), self.output_scale)
+        return QTensor(torch.cat(self._rescaled(tensors), dim=dim), self.output_scale)
+
+    def stack(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> QTensor:
+        return QTensor(torch.stack(self._rescaled(tensors), dim=dim), self.output_scale)
+
+    def _rescaled(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [self._requant([self._int8_input(t, "tensors")]) for t in tensors]
 
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
         (xa, sa), (xb, sb) = self._int8_input(a, "a"), self._int8_input(b, "b")
