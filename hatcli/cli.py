@@ -36,7 +36,12 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 SpecArg = Annotated[Path, typer.Argument(help="The project's YAML spec.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks for run failures.")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Tracebacks for run failures; the table of quantized ops."
+    ),
+]
 WorkDirOpt = Annotated[
     str | None,  # not Path: Path("") would be ".", and '' must be refused as in a spec
     typer.Option("--work-dir", help="Override the spec's work_dir."),
@@ -170,7 +175,8 @@ def _train(spec: Path, stage: str, work_dir: str | None, quiet: bool, verbose: b
         known = ", ".join([*loaded.stage_names, "all"])
         _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
     for name in names:
-        summary = _guard(functools.partial(run_stage, loaded, name, quiet=quiet), verbose)
+        run = functools.partial(run_stage, loaded, name, quiet=quiet, verbose=verbose)
+        summary = _guard(run, verbose)
         if not quiet and _is_main_process():
             _print_done(name, summary)
 
@@ -205,7 +211,9 @@ def _resume(
         return
     if not quiet and _is_main_process():
         err.print(f"[{stage}] resuming from {point.path} ({point.position})", markup=False)
-    summary = _guard(lambda: run_stage(loaded, stage, quiet=quiet, resume=point), verbose)
+    summary = _guard(
+        lambda: run_stage(loaded, stage, quiet=quiet, resume=point, verbose=verbose), verbose
+    )
     if not quiet and _is_main_process():
         _print_done(stage, summary)
 

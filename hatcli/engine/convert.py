@@ -26,6 +26,9 @@ class ConvertContext:
     qat_mode: str
     positions: Positions
     path: JsonPath = ()
+    qconfig: dict[str, Any] | None = None
+    """The pipeline's per-module ``qconfig`` section (``hatcli.quant.qconfig_spec``)."""
+    qconfig_path: JsonPath = ()
     loaded_checkpoint: dict[str, Any] | None = None
     loaded_from: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)

@@ -6,7 +6,9 @@ import contextlib
 import json
 import os
 import random
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,9 @@ from hatcli.engine.state import restore_training_state
 from hatcli.engine.training_log import TrainingLog, truncate_log
 from hatcli.engine.work_dir_lock import locked_stages
 from hatcli.errors import InputError
+from hatcli.quant.graph.report import OpRecord
+from hatcli.quant.graph.report import as_json as quantization_json
+from hatcli.quant.graph.report import as_table as quantization_table
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.spec import defaults
 from hatcli.spec.spec import Spec, StageSpec
@@ -73,6 +78,8 @@ def build_model(
     qat_mode = stage_qat_mode(stage)
     context = context or ConvertContext(stage.name, qat_mode, spec.positions)
     context.qat_mode = qat_mode
+    context.qconfig = pipeline.get("qconfig")
+    context.qconfig_path = stage.where("model_convert_pipeline", "qconfig")
     for index, node in enumerate(pipeline.get("converters", [])):
         path = stage.where("model_convert_pipeline", "converters", index)
         converter = build_component("converters", node, path, spec.positions)
@@ -163,6 +170,7 @@ def build_context(
     quiet: bool = True,
     resume: ResumePoint | None = None,
     trainer: Trainer | None = None,
+    verbose: bool = False,
 ) -> LoopContext:
     """Everything a stage needs, assembled and checked, before any training starts.
 
@@ -191,6 +199,8 @@ def build_context(
         rank=distributed.rank(),
         world_size=distributed.world_size(),
     )
+    if ctx.is_main and "quantization" in convert.notes:
+        _report_quantization(ctx, convert.notes["quantization"], quiet, verbose)
     _build_optimizer(spec, stage, ctx)
     ctx.callbacks = _checked_callbacks(spec, stage, ctx, quiet)
     if convert.loaded_checkpoint is not None:
@@ -203,6 +213,24 @@ def build_context(
             source=str(resume.path) if resume is not None else str(convert.loaded_from),
         )
     return ctx
+
+
+def _report_quantization(
+    ctx: LoopContext, report: tuple[str, list[OpRecord]], quiet: bool, verbose: bool
+) -> None:
+    """``quantization.json`` in the stage's folder; a one-line summary, and with
+    ``--verbose`` the whole table, on stderr."""
+    mode, records = report
+    path = ctx.stage_dir / "quantization.json"
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, quantization_json(records, mode))
+    if quiet:
+        return
+    counts = Counter(r.runs_as for r in records)
+    summary = ", ".join(f"{n} {how}" for how, n in sorted(counts.items()))
+    print(f"[{ctx.stage}] Float2QAT ({mode}): {summary}; see {path}", file=sys.stderr)
+    if verbose:
+        print(quantization_table(records), file=sys.stderr)
 
 
 def stage_device(spec: Spec, stage: StageSpec) -> torch.device:
@@ -316,18 +344,23 @@ def _run_lock(spec: Spec, stage_name: str) -> contextlib.AbstractContextManager[
 
 
 def run_stage(
-    spec: Spec, stage_name: str, *, quiet: bool = True, resume: ResumePoint | None = None
+    spec: Spec,
+    stage_name: str,
+    *,
+    quiet: bool = True,
+    resume: ResumePoint | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run one stage to its end (or continue it from ``resume``); write ``summary.json``.
 
     The stage's work_dir lock is held throughout: a second run of it fails at once.
     """
     with _run_lock(spec, stage_name):
-        return _run_stage(spec, stage_name, quiet=quiet, resume=resume)
+        return _run_stage(spec, stage_name, quiet=quiet, resume=resume, verbose=verbose)
 
 
 def _run_stage(
-    spec: Spec, stage_name: str, *, quiet: bool, resume: ResumePoint | None
+    spec: Spec, stage_name: str, *, quiet: bool, resume: ResumePoint | None, verbose: bool
 ) -> dict[str, Any]:
     stage = spec.stage(stage_name)
     trainer = _build_trainer(spec, stage)
@@ -336,7 +369,9 @@ def _run_stage(
         trainer.setup(device)  # e.g. join the process group
     except InputError as exc:
         raise located(spec.positions, stage.where("trainer"), str(exc)) from None
-    ctx = build_context(spec, stage_name, quiet=quiet, resume=resume, trainer=trainer)
+    ctx = build_context(
+        spec, stage_name, quiet=quiet, resume=resume, trainer=trainer, verbose=verbose
+    )
     if ctx.is_main and resume is not None:
         saved = resume.checkpoint
         truncate_log(ctx.log_path, saved.get("log_offset"), int(saved.get("global_step", 0)))

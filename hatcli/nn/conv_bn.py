@@ -24,6 +24,21 @@ class ConvBN2d(nn.Module):
         )
         self.bn: nn.Module = nn.BatchNorm2d(out_channels)
 
+    @classmethod
+    def from_parts(
+        cls, conv: nn.Conv2d, bn: nn.Module | None = None, act: nn.Module | None = None
+    ) -> ConvBN2d:
+        """The block made of existing modules (their Parameters are kept): how graph-mode
+        preparation fuses a traced conv, BN and activation. ``bn=None`` is a conv without
+        BN; ``act`` is the activation of the blocks that have one."""
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        block.conv = conv
+        block.bn = bn if bn is not None else nn.Identity()
+        if act is not None:
+            block.act = act
+        return block
+
     def fuse_model(self) -> None:
         """HAT's contract; nothing to do: QAT always treats conv, BN (and what follows)
         as one op, and the QAT module built from the block decides by its qat_mode

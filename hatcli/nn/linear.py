@@ -14,6 +14,15 @@ class LinearReLU(nn.Module):
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.act = nn.ReLU()
 
+    @classmethod
+    def from_parts(cls, linear: nn.Linear, act: nn.Module) -> LinearReLU:
+        """The block made of existing modules (their Parameters are kept)."""
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        block.linear = linear
+        block.act = act  # type: ignore[assignment]  # ReLU or ReLU6
+        return block
+
     def fuse_model(self) -> None:
         """HAT's contract; nothing to do: QAT always treats linear + ReLU as one op with
         one output scale."""

@@ -227,8 +227,10 @@ class FakeQuantize(nn.Module):
             and bool(self.fake_quant_enabled)
             and z.dtype == torch.float32  # the arithmetic the fusion reproduces
             and self.quant_min <= 0 <= self.quant_max  # the activation's 0 is on the grid
-            # observe_clamped stands for the observer's own forward only
+            # observe_clamped stands for a min-max observer's own forward only
             and type(self.activation_post_process).forward is _Observer.forward
+            and type(self.activation_post_process)._batch_min_max
+            is MovingAverageMinMaxObserver._batch_min_max
         )
         if not fusable:
             out: torch.Tensor = self(act(z))

@@ -15,6 +15,8 @@ from torch import nn
 from hatcli.quant.int8 import HALF_RANGE
 
 _EPS = torch.finfo(torch.float32).eps
+_QUANTILE_SAMPLE = 1 << 20
+"""At most this many values of a batch are searched for a percentile or an MSE range."""
 
 
 def symmetric_scale(min_val: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
@@ -116,3 +118,81 @@ class PerChannelMinMaxObserver(_Observer):
 
     def extra_repr(self) -> str:
         return f"ch_axis={self.ch_axis}, {super().extra_repr()}"
+
+
+class PercentileObserver(MovingAverageMinMaxObserver):
+    """Per-tensor range clipped at a percentile of ``|x|``: the batch's range is
+    ``[-c, c]`` with ``c`` the ``percentile``-th percentile of ``|x|`` (then averaged as
+    the min-max observer does). Outliers beyond it saturate rather than widen the scale
+    for everything else."""
+
+    def __init__(self, percentile: float = 99.99, averaging_constant: float = 0.01) -> None:
+        super().__init__(averaging_constant)
+        if not 0.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        self.percentile = percentile
+
+    def _batch_min_max(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.abs().flatten()
+        if flat.numel() > _QUANTILE_SAMPLE:
+            # torch.quantile refuses tensors over 2**24 elements; a strided sample keeps
+            # the estimate deterministic.
+            flat = flat[:: flat.numel() // _QUANTILE_SAMPLE + 1]
+        c = torch.quantile(flat, self.percentile / 100.0)
+        return -c, c
+
+    def extra_repr(self) -> str:
+        return f"percentile={self.percentile}, {super().extra_repr()}"
+
+
+class MSEObserver(MovingAverageMinMaxObserver):
+    """Per-tensor range that minimises the mean squared int8 quantization error of the
+    batch: ``candidates`` clipping points between ``max|x| / candidates`` and ``max|x|``
+    are tried, and the best is averaged as the min-max observer does."""
+
+    def __init__(self, candidates: int = 64, averaging_constant: float = 0.01) -> None:
+        super().__init__(averaging_constant)
+        if candidates < 1:
+            raise ValueError(f"candidates must be at least 1, got {candidates}")
+        self.candidates = candidates
+
+    def _batch_min_max(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.flatten()
+        if flat.numel() > _QUANTILE_SAMPLE:
+            flat = flat[:: flat.numel() // _QUANTILE_SAMPLE + 1]
+        top = flat.abs().max()
+        if float(top) == 0.0:
+            return -top, top
+        clips = top * torch.arange(1, self.candidates + 1, dtype=flat.dtype) / self.candidates
+        scales = (clips / HALF_RANGE).clamp(min=_EPS)
+        errors = []
+        for scale in scales:
+            q = torch.round(flat / scale).clamp(-128, 127) * scale
+            errors.append(torch.mean((q - flat) ** 2))
+        c = clips[int(torch.argmin(torch.stack(errors)))]
+        return -c, c
+
+    def extra_repr(self) -> str:
+        return f"candidates={self.candidates}, {super().extra_repr()}"
+
+
+class FixedScaleObserver(MovingAverageMinMaxObserver):
+    """A scale given in advance (e.g. a camera input of known range): observes nothing."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__(1.0)
+        if not scale > 0.0:
+            raise ValueError(f"a fixed scale must be positive, got {scale}")
+        self.fixed_scale = scale
+        limit = torch.tensor(scale * HALF_RANGE)
+        self.min_val, self.max_val = -limit, limit.clone()
+
+    def observe_min_max(self, cur_min: torch.Tensor, cur_max: torch.Tensor) -> None:
+        return None
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = torch.tensor(self.fixed_scale, dtype=torch.float32)
+        return scale, torch.zeros((), dtype=torch.int32)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.fixed_scale}"

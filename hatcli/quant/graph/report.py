@@ -1,0 +1,72 @@
+"""What preparation did to each op: the table in the log and ``quantization.json``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from hatcli.quant.mappings import QAT_TO_INTEGER
+from hatcli.quant.qconfig_spec import QConfigSpec
+
+INT8 = "int8"
+INT32_OUT = "int32 out"
+KEEPS_SCALE = "keeps scale"
+TABLE = "table lookup"
+FLOAT_ISLAND = "float island"
+QUANTIZE = "quantize"
+DEQUANTIZE = "dequantize"
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    """One op of the prepared model."""
+
+    name: str  # dotted module name in the QAT model
+    type: str  # the float module class or function it came from
+    runs_as: str  # int8, int32 out, table lookup, keeps scale, float island, ...
+    qconfig: str  # how its qconfig was chosen ("default int8", "modules: head.*", ...)
+
+
+def as_json(records: list[OpRecord], mode: str) -> dict[str, Any]:
+    islands = [r.name for r in records if r.runs_as == FLOAT_ISLAND]
+    return {
+        "preparation": mode,
+        "ops": [asdict(r) for r in records],
+        "float_islands": islands,
+    }
+
+
+def as_table(records: list[OpRecord]) -> str:
+    """A fixed-width table, one op a line."""
+    header = OpRecord("op", "type", "runs as", "qconfig")
+    rows = [header, *records]
+    widths = [max(len(getattr(r, f)) for r in rows) for f in ("name", "type", "runs_as")]
+    lines = []
+    for r in rows:
+        cells = (r.name, r.type, r.runs_as)
+        lines.append(
+            "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + "  " + r.qconfig
+        )
+    return "\n".join(lines)
+
+
+def eager_records(model: nn.Module, spec: QConfigSpec | None = None) -> list[OpRecord]:
+    """The ops of an eagerly prepared QAT model: each module with an integer form."""
+    found = []
+    for name, module in model.named_modules():
+        if type(module) not in QAT_TO_INTEGER:
+            continue
+        rule = spec.rule_for(name, [type(module).__name__]) if spec is not None else None
+        out = getattr(module, "activation_post_process", False) is None
+        how = "table lookup" if type(module).__name__ == "Elementwise" else INT8
+        found.append(
+            OpRecord(
+                name,
+                type(module).__name__,
+                INT32_OUT if out else how,
+                f"spec: {rule.text}" if rule is not None else "model's set_qconfig",
+            )
+        )
+    return found
