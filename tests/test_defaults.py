@@ -13,13 +13,17 @@ from hatcli.spec.schema import base_schema
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def schema_defaults(node: Any, pointer: str = "") -> Iterator[tuple[str, Any]]:
+def schema_defaults(
+    node: Any, pointer: str = "", names: bool = False
+) -> Iterator[tuple[str, Any]]:
+    """Each ``"default"`` keyword by its pointer; ``names``: ``node`` maps property names
+    to schemas (a property may be called "default")."""
     if isinstance(node, dict):
-        if "default" in node:
+        if "default" in node and not names:
             yield pointer, node["default"]
         for key, value in node.items():
-            if key != "default":
-                yield from schema_defaults(value, f"{pointer}/{key}")
+            if key != "default" or names:
+                yield from schema_defaults(value, f"{pointer}/{key}", key == "properties")
     elif isinstance(node, list):
         for index, value in enumerate(node):
             yield from schema_defaults(value, f"{pointer}/{index}")
