@@ -33,6 +33,10 @@ FLOAT_TO_QAT: dict[type[nn.Module], type[nn.Module]] = {
     nn.MaxPool2d: qat.MaxPool2d,
     nn.AvgPool2d: qat.AvgPool2d,
     nn.Dropout: qat.Dropout,
+    nn.Upsample: qat.Interpolate,
+    nn.UpsamplingNearest2d: qat.Interpolate,
+    nn.UpsamplingBilinear2d: qat.Interpolate,
+    nn.ConvTranspose2d: qat.ConvTranspose2d,
     **{
         act: qat.Elementwise
         for act in (
@@ -78,5 +82,7 @@ QAT_TO_INTEGER: dict[type[nn.Module], Callable[..., nn.Module]] = {
     qat.Cat: quantized.Cat.from_qat,
     qat.Stack: quantized.Stack.from_qat,
     qat.Dropout: quantized.Dropout.from_qat,
+    qat.Interpolate: quantized.Interpolate.from_qat,
+    qat.ConvTranspose2d: quantized.ConvTranspose2d.from_qat,
 }
 """QAT type -> integer module factory."""

@@ -16,11 +16,14 @@ from hatcli.quant import (
     QTensor,
     QuantStub,
     convert,
+    get_default_qat_out_qconfig,
     get_default_qat_qconfig,
     prepare_qat,
 )
 from hatcli.quant.mappings import QAT_TO_INTEGER
 from hatcli.quant.nn import qat, quantized
+from hatcli.quant.nn.qat.conv_transpose import to_transposed_layout
+from hatcli.quant.nn.quantized.resize import WEIGHT_BITS, linear_taps
 from hatcli.quant.qat_tensor import QATTensor
 
 QCONFIG = get_default_qat_qconfig()
@@ -360,3 +363,203 @@ def test_dropout_trains_as_dropout_and_is_the_identity_in_eval() -> None:
         assert torch.equal(model(x), integer(x))
         q = integer.stubs[0](x)
         assert integer.op(q) is q
+
+
+# Interpolate
+
+NEAREST = [
+    nn.Upsample(size=(7, 9)),
+    nn.Upsample(size=5),
+    nn.Upsample(scale_factor=2),
+    nn.Upsample(scale_factor=1.5),
+    nn.Upsample(scale_factor=(2.0, 3.0)),
+    nn.Upsample(scale_factor=0.5),
+    nn.UpsamplingNearest2d(scale_factor=2),
+]
+
+
+@pytest.mark.parametrize("upsample", NEAREST, ids=repr)
+@pytest.mark.parametrize("amplitude", AMPLITUDES)
+def test_nearest_interpolation_keeps_the_scale_and_gathers_as_torch(
+    upsample: nn.Module, amplitude: float
+) -> None:
+    model = _prepared(upsample)
+    assert isinstance(model.op, qat.Interpolate) and model.op.activation_post_process is None
+    integer, xs = _trained_and_converted(
+        model, lambda seed: _inputs([(2, 3, 6, 5)], [amplitude], seed)
+    )
+    qs = integer.stubs[0](xs[0])
+    y = integer.op(qs)
+    assert torch.equal(y.q_scale, qs.q_scale)
+    assert torch.equal(y.dequantize(), upsample(qs.dequantize()))
+
+
+BILINEAR = [
+    *(
+        nn.Upsample(mode="bilinear", align_corners=corners, **where)  # type: ignore[arg-type]
+        for corners in (False, True)
+        for where in (
+            {"size": (11, 7)},
+            {"size": 1},
+            {"size": (3, 4)},
+            {"scale_factor": 2},
+            {"scale_factor": 1.7},
+            {"scale_factor": (0.5, 2.5)},
+        )
+    ),
+    nn.UpsamplingBilinear2d(scale_factor=2),
+    nn.UpsamplingBilinear2d(size=(9, 4)),
+]
+
+
+def _bilinear_steps(s_in: float, s_out: float) -> float:
+    """The bilinear integer model's bound, in output steps: half a step of rounding, and
+    the fixed-point weights' at most 0.063 input steps (quantized/resize.py)."""
+    return 0.5 + 0.063 * s_in / s_out
+
+
+@pytest.mark.parametrize("upsample", BILINEAR, ids=repr)
+@pytest.mark.parametrize("amplitude", AMPLITUDES)
+def test_bilinear_interpolation_uses_fixed_point_weights(
+    upsample: nn.Module, amplitude: float
+) -> None:
+    model = _prepared(upsample)
+    assert isinstance(model.op, qat.Interpolate) and model.op.mode == "bilinear"
+    assert model.op.align_corners == upsample.align_corners
+    integer, xs = _trained_and_converted(
+        model, lambda seed: _inputs([(2, 3, 6, 5)], [amplitude], seed)
+    )
+    assert isinstance(integer.op, quantized.Interpolate)
+    y, (x,) = _integer_op(integer, xs)
+    steps = _bilinear_steps(float(integer.stubs[0].scale), float(y.q_scale))
+    assert steps < 1.0  # the output scale is near the input's here: within one step
+    _assert_within_steps(y, upsample(x), steps)
+
+
+@pytest.mark.parametrize("corners", [False, True])
+@pytest.mark.parametrize(
+    ("length", "out", "scale_factor"), [(5, 10, None), (5, 10, 2.0), (7, 3, None), (6, 13, 2.3)]
+)
+def test_bilinear_taps_are_torchs_weights_rounded(
+    corners: bool, length: int, out: int, scale_factor: float | None
+) -> None:
+    """Interpolating the unit vectors gives torch's weight matrix."""
+    i0, i1, w0, w1 = linear_taps(length, out, scale_factor, corners)
+    assert torch.equal(w0 + w1, torch.full_like(w0, 2**WEIGHT_BITS))
+    unit = torch.eye(length, dtype=torch.float64).reshape(length, 1, 1, length)
+    where = {"scale_factor": (1.0, scale_factor)} if scale_factor else {"size": (1, out)}
+    torchs = F.interpolate(unit, mode="bilinear", align_corners=corners, **where)[:, 0, 0]
+    ours = torch.zeros(length, out, dtype=torch.float64)
+    cols = torch.arange(out)
+    ours.index_put_((i0, cols), w0.double(), accumulate=True)
+    ours.index_put_((i1, cols), w1.double(), accumulate=True)
+    assert float((ours / 2**WEIGHT_BITS - torchs).abs().max()) <= 2.0 ** -(WEIGHT_BITS + 1)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_interpolate_takes_its_size_at_call_time(mode: str) -> None:
+    corners = False if mode == "bilinear" else None
+    op = qat.Interpolate(mode=mode, align_corners=corners, qconfig=QCONFIG)
+    stub = qat.QuantStub(QCONFIG)
+    x = torch.randn(2, 3, 5, 6)
+    op(stub(x), (8, 9))
+    op.eval()
+    stub.eval()
+    xq = stub(x)
+    with torch.no_grad():
+        out = op(xq, (7, 4))
+    integer = QAT_TO_INTEGER[qat.Interpolate](op)
+    q = QTensor(torch.round(xq.as_subclass(torch.Tensor) / xq.q_scale).to(torch.int8), xq.q_scale)
+    expected = integer(q, (7, 4))
+    assert out.shape == (2, 3, 7, 4) and torch.equal(out, expected.dequantize())
+
+
+def test_interpolate_refuses_what_it_does_not_implement() -> None:
+    with pytest.raises(ValueError, match="modes"):
+        qat.Interpolate(scale_factor=2, mode="bicubic", qconfig=QCONFIG)
+    with pytest.raises(ValueError, match="needs one"):
+        qat.Interpolate(scale_factor=2, mode="bilinear", align_corners=False)
+    with pytest.raises(ValueError, match="recompute"):
+        qat.Interpolate.from_float(nn.Upsample(scale_factor=2, recompute_scale_factor=True))
+
+
+# ConvTranspose2d
+
+TRANSPOSED = [
+    # stride, padding, output_padding, groups, dilation
+    (1, 0, 0, 1, 1),
+    (2, 0, 1, 1, 1),
+    (2, 1, 1, 2, 1),
+    (2, 1, 0, 1, 2),
+    (3, 2, 2, 4, 1),
+    (1, 1, 1, 2, 2),
+    (2, 0, 0, 4, 2),
+]
+
+
+@pytest.mark.parametrize(("stride", "padding", "output_padding", "groups", "dilation"), TRANSPOSED)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("out_quant", [True, False])
+def test_conv_transpose_is_an_exact_integer_conv_transpose(
+    stride: int,
+    padding: int,
+    output_padding: int,
+    groups: int,
+    dilation: int,
+    bias: bool,
+    out_quant: bool,
+) -> None:
+    torch.manual_seed(stride + 3 * padding + 5 * groups + 7 * dilation)
+    conv = nn.ConvTranspose2d(4, 8, 3, stride, padding, output_padding, groups, bias, dilation)
+    with torch.no_grad():
+        conv.weight[:, 1] *= 1e-3  # one output channel per group with tiny weights
+    model = Harness(conv)
+    model.qconfig = QCONFIG
+    if not out_quant:
+        model.op.qconfig = get_default_qat_out_qconfig()
+    model = prepare_qat(model, inplace=True)
+    assert isinstance(model.op, qat.ConvTranspose2d) and model.op.conv.weight is conv.weight
+    amplitude = AMPLITUDES[(stride + groups) % len(AMPLITUDES)]
+    integer, xs = _trained_and_converted(
+        model, lambda seed: _inputs([(2, 4, 5, 6)], [amplitude], seed)
+    )
+    op = integer.op
+    assert isinstance(op, quantized.ConvTranspose2d)
+    # Per output channel: the tiny channels (1, 3, ... of the [out, in/g] layout) own scales.
+    w_scale = op.weight_scale.reshape(groups, -1)
+    assert float((w_scale[:, 1] / w_scale[:, 0]).max()) < 0.01
+    # The float op on the dequantized input, int8 weights and int32 bias.
+    qs = integer.stubs[0](xs[0])
+    s_in = float(qs.q_scale)
+    p = op.requant_params(s_in)
+    w = op.weight.double() * op.weight_scale.reshape(-1, 1, 1, 1)
+    b = p.bias.double() * s_in * op.weight_scale
+    reference = F.conv_transpose2d(
+        qs.dequantize().double(),
+        to_transposed_layout(w, groups),
+        b,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+    )
+    with torch.no_grad():
+        y = op(qs)
+    if out_quant:
+        assert y.dtype == torch.int8
+        _assert_within_steps(y, reference.float())
+    else:
+        assert y.dtype == torch.int32 and y.q_axis == 1
+        assert torch.allclose(y.dequantize().double(), reference, rtol=1e-6, atol=1e-6)
+
+
+def test_conv_transpose_trains_the_shared_float_parameters() -> None:
+    conv = nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2)
+    op = qat.ConvTranspose2d.from_float(conv, QCONFIG)
+    x = qat.QuantStub(QCONFIG)(torch.randn(2, 4, 5, 5))
+    y = op(x)
+    assert isinstance(y, QATTensor) and y.shape == (2, 6, 11, 11)
+    y.as_subclass(torch.Tensor).square().sum().backward()
+    assert conv.weight.grad is not None and float(conv.weight.grad.abs().sum()) > 0
+    assert conv.bias is not None and conv.bias.grad is not None
