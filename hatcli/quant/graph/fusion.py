@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,10 +26,14 @@ _ADDS: set[Any] = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _RELU_CALLS: set[Any] = {F.relu, torch.relu, torch.relu_, F.relu_, "relu", "relu_"}
 
 
-def _activation(node: fx.Node, gm: fx.GraphModule) -> nn.Module | None:
+def _activation(node: fx.Node, fuser: _Fuser) -> nn.Module | None:
     """ReLU or ReLU6 if ``node`` applies one to its first argument, else ``None``."""
     if node.op == "call_module":
-        mod = gm.get_submodule(str(node.target))
+        # Not fuser.module: an activation module called twice (a ResNet block's one
+        # ReLU) fuses at each call, each fusion getting a ReLU of its own.
+        mod = fuser.gm.get_submodule(str(node.target))
+        if fuser.kept_float(str(node.target), mod):
+            return None
         if type(mod) in (nn.ReLU, nn.ReLU6):
             return type(mod)()
         if type(mod) is nn.Hardtanh and (mod.min_val, mod.max_val) == (0.0, 6.0):
@@ -52,8 +57,9 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 
 class _Fuser:
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, kept_float: Callable[[str, nn.Module], bool]) -> None:
         self.gm = gm
+        self.kept_float = kept_float
         self.calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
         self.erased: set[fx.Node] = set()
 
@@ -61,7 +67,7 @@ class _Fuser:
         if node.op != "call_module" or self.calls[node.target] != 1:
             return None  # a module called twice keeps its calls apart
         mod: nn.Module = self.gm.get_submodule(str(node.target))
-        return mod
+        return None if self.kept_float(str(node.target), mod) else mod
 
     def run(self) -> None:
         for node in list(self.gm.graph.nodes):
@@ -91,7 +97,7 @@ class _Fuser:
                 chain.append(nxt)
                 nxt = _only_user(nxt)
         if nxt is not None:
-            act = _activation(nxt, self.gm)
+            act = _activation(nxt, self)
             if residual is not None and isinstance(act, nn.ReLU6):
                 act = None  # no conv-add-ReLU6 block: the ReLU6 stays an op of its own
             if act is not None:
@@ -104,7 +110,7 @@ class _Fuser:
 
     def linear_chain(self, node: fx.Node, linear: nn.Linear) -> None:
         nxt = _only_user(node)
-        act = _activation(nxt, self.gm) if nxt is not None else None
+        act = _activation(nxt, self) if nxt is not None else None
         if nxt is None or act is None:
             return
         self.replace([node, nxt], float_nn.LinearReLU.from_parts(linear, act), node.args[:1])
@@ -152,7 +158,8 @@ def _conv_block(
     return cls.from_parts(conv, bn, act)
 
 
-def fuse(gm: fx.GraphModule) -> None:
-    """Fuse every conv(+BN)(+add)(+ReLU/ReLU6), linear+ReLU/ReLU6 and lone BN in ``gm``."""
-    _Fuser(gm).run()
+def fuse(gm: fx.GraphModule, kept_float: Callable[[str, nn.Module], bool]) -> None:
+    """Fuse every conv(+BN)(+add)(+ReLU/ReLU6), linear+ReLU/ReLU6 and lone BN in ``gm``;
+    a module ``kept_float(name, module)`` says stays float is not fused."""
+    _Fuser(gm, kept_float).run()
     gm.graph.lint()

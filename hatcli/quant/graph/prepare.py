@@ -74,6 +74,9 @@ class _Preparer:
         self.dequantized: dict[fx.Node, fx.Node] = {}
         self.records: list[OpRecord] = []
         self.names: set[str] = {n for n, _ in gm.named_modules()}
+        # The float modules already swapped, by name: a module called again (one ReLU
+        # in two places) gets a QAT module per call, from the same float module.
+        self.originals: dict[str, nn.Module] = {}
 
     # --- names and qconfigs ----------------------------------------------------------
 
@@ -214,9 +217,15 @@ class _Preparer:
             return
         self.replace(node, rep)
 
-    def replace(self, node: fx.Node, rep: ops.Replacement, module: nn.Module | None = None) -> None:
+    def replace(
+        self,
+        node: fx.Node,
+        rep: ops.Replacement,
+        module: nn.Module | None = None,
+        name: str | None = None,
+    ) -> None:
         scope = node.meta.get(SCOPE, "")
-        name = str(node.target) if node.op == "call_module" else self.new_name(scope, rep.base)
+        name = name or self.new_name(scope, rep.base)
         qconfig, how = self.qconfig(name, [rep.type_name, *rep.type_names], scope, module)
         if qconfig is None:
             if module is not None:
@@ -232,8 +241,9 @@ class _Preparer:
             args = [self._map(a, self.quantized_input) for a in rep.inputs]
         else:
             args = list(rep.inputs)
-        if node.op == "call_module":
+        if node.op == "call_module" and name == node.target:
             self.gm.delete_submodule(name)
+            self.originals[name] = module  # type: ignore[assignment]
         self.gm.add_submodule(name, new_module)
         with self.graph.inserting_before(node):
             new = self.graph.call_module(name, tuple(args))
@@ -278,7 +288,7 @@ class _Preparer:
 
     def call_module(self, node: fx.Node) -> None:
         name = str(node.target)
-        mod = self.gm.get_submodule(name)
+        mod = self.originals.get(name) or self.gm.get_submodule(name)
         tensor_inputs = [n for n in self._inputs(node) if self._is_tensor(n)]
         if isinstance(mod, ops.IDENTITY_MODULES) and tensor_inputs:
             node.replace_all_uses_with(tensor_inputs[0])
@@ -316,7 +326,11 @@ class _Preparer:
             rep.quantizes_inputs = False
         if isinstance(mod, float_nn.ConvBN2d):
             rep.type_names.append(type(mod.conv).__name__)
-        self.replace(node, rep, mod)
+        if name in self.originals:
+            parent, _, leaf = name.rpartition(".")
+            self.replace(node, rep, mod, self.new_name(parent, leaf))
+        else:
+            self.replace(node, rep, mod, name)
 
     def leaf(self, node: fx.Node, mod: nn.Module) -> None:
         """A module listed in ``leaf_modules``: prepared by eager rules if it can be
@@ -415,7 +429,14 @@ def prepare(
         model.set_qconfig()  # type: ignore[operator]
         propagate_qconfig_(model)
     gm = trace(model, leaf_modules)
-    fuse(gm)
+
+    def kept_float(name: str, module: nn.Module) -> bool:
+        rule = spec.rule_for(name, [type(module).__name__])
+        if rule is not None:
+            return rule.qconfig is None
+        return own and getattr(module, "qconfig", None) is None
+
+    fuse(gm, kept_float)
     prepared = _Preparer(gm, model, mode, spec, own, set(leaf_modules)).run()
     spec.check_all_used(r.name for r in records(prepared))
     return prepared

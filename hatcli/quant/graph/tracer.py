@@ -54,7 +54,7 @@ class ScopedTracer(fx.Tracer):
         super().__init__()
         self.leaves = set(leaves)
         self._scopes: list[str] = [""]  # (fx's Tracer has a ``scope`` of its own)
-        self.tracing: list[str] = [""]
+        self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaves or isinstance(m, _HAT_LEAVES):
@@ -70,12 +70,14 @@ class ScopedTracer(fx.Tracer):
     ) -> Any:
         name = self.path_of_module(m)
         self._scopes.append(name)
-        self.tracing.append(name)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module whose code failed
+                self.failed_in = name
+            raise
         finally:
             self._scopes.pop()
-            self.tracing.pop()
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -95,7 +97,8 @@ def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as exc:
-        raise TraceFailure(tracer.tracing[-1], _describe(exc, tracer.tracing[-1], model)) from None
+        where = tracer.failed_in or ""
+        raise TraceFailure(where, _describe(exc, where, model)) from None
     finally:
         model.train(was_training)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
