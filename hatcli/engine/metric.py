@@ -51,7 +51,9 @@ class Metric:
 
 
 class TopKAccuracy(Metric):
-    """Fraction of samples whose target is among the ``k`` highest outputs."""
+    """Fraction of targets that are among the ``k`` highest outputs along dim 1: of
+    samples for class scores ``[N, C]``, of pixels for per-pixel scores ``[N, C, H, W]``
+    with masks ``[N, H, W]`` (segmentation)."""
 
     sums = ("correct", "total")
 
@@ -67,7 +69,7 @@ class TopKAccuracy(Metric):
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         top = outputs.topk(min(self.k, outputs.shape[1]), dim=1).indices
         self.correct += int((top == targets.unsqueeze(1)).any(dim=1).sum())
-        self.total += int(targets.shape[0])
+        self.total += int(targets.numel())
 
     def compute(self) -> dict[str, float]:
         return {self.name: self.correct / self.total if self.total else math.nan}
