@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -209,7 +210,8 @@ def test_pipeline_mistakes_are_one_line_input_errors(
 
 
 @pytest.mark.slow
-def test_model_without_fuse_model_is_named(hat_cli, tmp_path: Path) -> None:
+def test_a_plain_model_is_prepared_by_tracing(hat_cli, tmp_path: Path) -> None:
+    """No fuse_model, no set_qconfig: Float2QAT traces it; ``mode: eager`` refuses it."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         EXAMPLE.read_text().replace(
@@ -232,11 +234,22 @@ def test_model_without_fuse_model_is_named(hat_cli, tmp_path: Path) -> None:
                 register("NoFuse", NoFuse, {"type": "object", "additionalProperties": False})
         """),
     )
-    train = hat_cli("train", spec, "--stage", "float", "--work-dir", tmp_path / "w", "-q", env=env)
+    work = tmp_path / "w"
+    train = hat_cli("train", spec, "--stage", "float", "--work-dir", work, "-q", env=env)
     assert train.returncode == 0, train.stderr
-    result = hat_cli("train", spec, "--stage", "calibration", "--work-dir", tmp_path / "w", env=env)
-    assert result.returncode == 2
-    assert "Float2QAT: model NoFuse has no fuse_model() method" in result.stderr
+    result = hat_cli("train", spec, "--stage", "calibration", "--work-dir", work, "-v", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Float2QAT (graph): 1 dequantize, 1 int32 out, 1 quantize" in result.stderr
+    assert re.search(r"^1 +Linear +int32 out +default int32 out", result.stderr, re.M)  # -v
+    report = json.loads((work / "calibration" / "quantization.json").read_text())
+    assert report["preparation"] == "graph" and report["float_islands"] == []
+    assert [op["name"] for op in report["ops"]] == ["0_quant", "1", "1_dequant"]
+    spec.write_text(spec.read_text().replace("{type: Float2QAT}", "{type: Float2QAT, mode: eager}"))
+    eager = hat_cli("train", spec, "--stage", "calibration", "--work-dir", work, env=env)
+    assert eager.returncode == 2
+    assert "Float2QAT: mode eager: model NoFuse has no fuse_model() and set_qconfig()" in (
+        eager.stderr
+    )
 
 
 NESTED_PLUGIN = """
