@@ -31,6 +31,7 @@ from hatcli.quant.graph.report import (
     INT32_OUT,
     KEEPS_SCALE,
     QUANTIZE,
+    TABLE,
     OpRecord,
 )
 from hatcli.quant.graph.tracer import SCOPE, trace
@@ -318,7 +319,7 @@ class _Preparer:
             partial(_from_float, factory, mod, self.mode),
             KEEPS_SCALE if keeps else _how_module(factory),
             not keeps,
-            weighted=issubclass(factory, _weighted_types()),
+            weighted=issubclass(factory, (qat.Conv2d, qat.Linear, qat.ConvTranspose2d)),
         )
         if factory is qat.QuantStub:
             # The model's own QuantStub: its input is float by definition.
@@ -369,7 +370,7 @@ def _from_float(factory: Any, mod: nn.Module, mode: QATMode, qconfig: QConfig) -
 
 
 def _how_module(factory: Any) -> str:
-    return "table lookup" if factory is getattr(qat, "Elementwise", None) else INT8
+    return TABLE if factory is qat.Elementwise else INT8
 
 
 def _value_name(node: fx.Node) -> tuple[str, str]:
@@ -440,7 +441,3 @@ def prepare(
     prepared = _Preparer(gm, model, mode, spec, own, set(leaf_modules)).run()
     spec.check_all_used(r.name for r in records(prepared))
     return prepared
-
-
-def _weighted_types() -> tuple[type[nn.Module], ...]:
-    return tuple(t for t in (qat.Conv2d, qat.Linear, getattr(qat, "ConvTranspose2d", None)) if t)
