@@ -129,8 +129,12 @@ def write_spec(folder: Path, stage_text: str) -> Path:
 
 
 def qat_stage(mode: str, float_checkpoint: Path) -> str:
+    """The QAT stage in ``mode``; ``MODE-graph`` prepares the model by tracing it."""
+    mode, graph, _ = mode.partition("-graph")
     fuse = FUSE_BN if mode != "fuse_bn" else ""
     text = QAT_STAGE.replace("MODE", mode).replace("FLOAT_CHECKPOINT", str(float_checkpoint))
+    if graph:
+        text = text.replace("{type: Float2QAT}", "{type: Float2QAT, mode: graph}")
     return "\n".join(line for line in text.replace("FUSE_BN", fuse).splitlines() if line.strip())
 
 
@@ -212,8 +216,16 @@ def test_float_stage_killed_and_resumed_is_bit_exact(
         ("with_bn", {"HAT_TEST_KILL_AT_STEP": "62"}),  # after both
         ("with_bn_reverse_fold", {"HAT_TEST_KILL_AT_STEP": "41"}),  # between them
         ("with_bn_reverse_fold", {"HAT_TEST_KILL_IN_WRITE": "8"}),  # writing step 60
+        ("with_bn_reverse_fold-graph", {"HAT_TEST_KILL_AT_STEP": "41"}),  # traced model
     ],
-    ids=["fuse_bn-33", "with_bn-17", "with_bn-62", "reverse_fold-41", "reverse_fold-write"],
+    ids=[
+        "fuse_bn-33",
+        "with_bn-17",
+        "with_bn-62",
+        "reverse_fold-41",
+        "reverse_fold-write",
+        "graph-reverse_fold-41",
+    ],
 )
 @pytest.mark.slow
 def test_qat_stage_killed_and_resumed_is_bit_exact(
