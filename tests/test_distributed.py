@@ -85,7 +85,7 @@ stages:
       qat_mode: with_bn_reverse_fold
       converters:
         - {type: LoadCheckpoint, checkpoint_path: 'FLOAT_CHECKPOINT'}
-        - {type: Float2QAT}
+        - {type: Float2QAT, mode: graph}  # a traced model trains under DDP too
     optimizer: {type: SGD, lr: 0.02, momentum: 0.9}
     num_steps: 12
     callbacks:
