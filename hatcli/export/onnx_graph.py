@@ -19,6 +19,7 @@ from torch import nn
 
 from hatcli.errors import InputError
 from hatcli.export.result import OutputScale
+from hatcli.quant.nn import quantized as qnn
 
 OPSET = 17
 
@@ -74,6 +75,31 @@ class FunctionalCall:
         return f"{self.path}.{self.method}"
 
 
+@dataclass(frozen=True)
+class TorchCall:
+    """One torch function that the model's own forward code applied to a recorded value
+    (a shape op, or a float function of a float island): ``func(*args, **kwargs)``
+    returned ``out``; ``source`` is its first argument that is a recorded value."""
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    out: Any
+    source: torch.Tensor
+    where: str  # the forward code it is in, for messages
+
+    @property
+    def op(self) -> str:
+        return str(getattr(self.func, "__name__", self.func))
+
+    def arg(self, i: int, name: str, default: Any = None) -> Any:
+        """Argument ``name``, passed by keyword or as positional ``i``."""
+        return self.kwargs.get(name, self.args[i] if len(self.args) > i else default)
+
+    def refuse(self, why: str) -> InputError:
+        return InputError(f"cannot export torch.{self.op} in {self.where}: {why}")
+
+
 class Graph:
     """ONNX nodes and initializers under unique names, and the ``Value`` each recorded
     torch tensor became."""
@@ -107,6 +133,12 @@ class Graph:
         self.nodes.append(self.helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
+    def nodes_out(self, op: str, inputs: list[str], names: list[str], **attrs: Any) -> list[str]:
+        """A node with one output per name in ``names``."""
+        outs = [self.unique(n) for n in names]
+        self.nodes.append(self.helper.make_node(op, inputs, outs, name=outs[0], **attrs))
+        return outs
+
     def once(self, key: str, make: Callable[[], str]) -> str:
         """The name ``make()`` gave the first time ``key`` was asked for."""
         if key not in self.memo:
@@ -131,6 +163,9 @@ Emitter = Callable[[Graph, Call[Any]], None]
 FunctionalEmitter = Callable[[Graph, FunctionalCall], None]
 """Adds the ONNX form of one ``QFunctional`` call to the graph and records its output."""
 
+TorchEmitter = Callable[[Graph, TorchCall], None]
+"""Adds the ONNX form of one torch function call to the graph and records its output."""
+
 
 def same_value(g: Graph, call: Call[nn.Module]) -> None:
     """A module that leaves its input as it is in eval mode (Identity, Dropout)."""
@@ -148,7 +183,8 @@ def flatten(g: Graph, call: Call[nn.Flatten]) -> None:
 LAYOUT_EMITTERS: dict[type[nn.Module], Emitter] = {
     nn.Identity: same_value,
     nn.Dropout: same_value,
+    qnn.Dropout: same_value,
     nn.Flatten: flatten,
 }
-"""Float modules an integer model may hold that only move or keep values; every ONNX
-form of an integer model includes these."""
+"""Modules an integer model may hold that only move or keep values; every ONNX form of
+an integer model includes these."""

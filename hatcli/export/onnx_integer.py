@@ -9,11 +9,17 @@ float64, ``Mul`` by the multiplier ``m / 2**shift`` (exact, since the multiplier
 chosen so that every product stays below 2**52), ``Round`` (half to even), ``Clip``, back
 to uint8. Quantizing the input repeats torch's fake-quantize kernel (float32
 ``x * (1 / scale)``, rounded half to even); dequantizing multiplies as ``QTensor`` does.
-ONNX Runtime's results are therefore the integer model's, bit for bit.
+Other integer modules likewise: an ``Elementwise`` table is a ``Gather`` at ``q + 128``,
+max pooling a ``MaxPool`` of the uint8 values, average pooling and means exact int32
+window sums (``ConvInteger`` with a kernel of ones, ``ReduceSum``, ``MatMul`` by 0/1
+window matrices) requantized with the module's own multipliers. ONNX Runtime's results
+are therefore the integer model's, bit for bit (a float island between a DeQuantStub
+and a QuantStub is float32 in both, equal up to the last bits of its float ops).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from torch import nn
 from hatcli.errors import InputError
 from hatcli.export.exporter import Batch, Exporter
 from hatcli.export.onnx_common import check_and_write, integer_form, require_onnx
+from hatcli.export.onnx_float_ops import FLOAT_EMITTERS
 from hatcli.export.onnx_graph import (
     LAYOUT_EMITTERS,
     Call,
@@ -34,9 +41,12 @@ from hatcli.export.onnx_graph import (
     Value,
 )
 from hatcli.export.onnx_record import record_graph
+from hatcli.export.onnx_shape import unsqueezed
+from hatcli.export.onnx_windows import adaptive_windows, pool_attributes, reduced_axes
 from hatcli.export.result import ExportResult, OutputScale
 from hatcli.quant.int8 import ABS_MAX, QUANT_MAX, QUANT_MIN, UINT8_OFFSET
 from hatcli.quant.nn import quantized as qnn
+from hatcli.quant.nn.quantized.pooling import average_multipliers
 from hatcli.quant.nn.quantized.weighted import WeightedIntegerModule
 from hatcli.quant.qtensor import QTensor
 
@@ -102,6 +112,11 @@ def _requantize(
     return _to_uint8(g, rounded, np.float64, qmin, qmax, path)
 
 
+def _int8_output(g: Graph, call: Call[Any] | FunctionalCall, q: str) -> None:
+    """Record ``q`` (uint8) as the output, at the module's output scale."""
+    g.record(call.out, Value(q, float(call.module.output_scale)))
+
+
 def _activation(g: Graph, t: Any, what: str) -> Value:
     v = g.value(t, what)
     if v.scale is None or v.int32_scale is not None:
@@ -109,12 +124,19 @@ def _activation(g: Graph, t: Any, what: str) -> Value:
     return v
 
 
+def _as_uint8(t: torch.Tensor) -> np.ndarray:
+    """int8 values ``q`` as the uint8 ``q + 128``."""
+    return (t.to(torch.int16) + UINT8_OFFSET).to(torch.uint8).cpu().numpy()
+
+
+def _zero_point(g: Graph) -> str:
+    """The shared uint8 zero point, 128."""
+    return g.once("zero_uint8", lambda: g.const("zero_uint8", np.array(UINT8_OFFSET, np.uint8)))
+
+
 def _weight(g: Graph, path: str, w: torch.Tensor) -> tuple[str, str]:
     """An int8 weight as uint8 ``w + 128`` and its zero point."""
-    u8 = (w.to(torch.int16) + UINT8_OFFSET).to(torch.uint8).cpu().numpy()
-    return g.const(f"{path}.weight", u8), g.const(
-        f"{path}.weight_zero_point", np.array(UINT8_OFFSET, dtype=np.uint8)
-    )
+    return g.const(f"{path}.weight", _as_uint8(w)), _zero_point(g)
 
 
 def _accumulated(
@@ -146,12 +168,11 @@ def _accumulated(
 def _conv_node(g: Graph, call: Call[qnn.Conv2d], v: Value) -> str:
     mod, path = call.module, call.path
     w, wz = _weight(g, path, mod.weight)
-    xz = g.const(f"{path}.input_zero_point", np.array(UINT8_OFFSET, dtype=np.uint8))
     kh, kw = mod.weight.shape[2:]
     ph, pw = mod.padding
     return g.node(
         "ConvInteger",
-        [v.name, w, xz, wz],
+        [v.name, w, _zero_point(g), wz],
         f"{path}.conv",
         kernel_shape=[kh, kw],
         strides=list(mod.stride),
@@ -215,8 +236,7 @@ def linear(g: Graph, call: Call[qnn.Linear]) -> None:
     if inp.dim() != 2:
         raise InputError(f"cannot export {path} (Linear) on a {inp.dim()}-D input: 2-D only")
     w, wz = _weight(g, path, call.module.weight.t().contiguous())
-    xz = g.const(f"{path}.input_zero_point", np.array(UINT8_OFFSET, dtype=np.uint8))
-    acc = g.node("MatMulInteger", [v.name, w, xz, wz], f"{path}.matmul")
+    acc = g.node("MatMulInteger", [v.name, w, _zero_point(g), wz], f"{path}.matmul")
     _accumulated(g, call, acc, [-1], (v.scale,))  # type: ignore[arg-type]
 
 
@@ -233,36 +253,113 @@ def relu6(g: Graph, call: Call[qnn.ReLU6]) -> None:
     v = _activation(g, call.input, call.what)
     m, shift = mod.multiplier(v.scale)  # type: ignore[arg-type]
     terms = [(v.name, _multiplier(m, shift, []), True)]
-    q = _requantize(g, terms, mod.qmin, mod.qmax, call.path)
-    g.record(call.out, Value(q, float(mod.output_scale)))
+    _int8_output(g, call, _requantize(g, terms, mod.qmin, mod.qmax, call.path))
 
 
 def pool(g: Graph, call: Call[qnn.AdaptiveAvgPool2d]) -> None:
+    """Exact window sums in int32, requantized by ``s_in / (n * s_out)``."""
+    v = _activation(g, call.input, call.what)
+    (h, w), (oh, ow) = call.input.shape[-2:], call.out.shape[-2:]
+    ints = _centred(g, v.name, g.types.INT32, call.path)
+    sums = _window_sums if h % oh or w % ow else _block_sums
+    acc, mult = sums(g, call, ints, v.scale)  # type: ignore[arg-type]
+    _int8_output(g, call, _requantize(g, [(acc, mult, False)], QUANT_MIN, QUANT_MAX, call.path))
+
+
+def _block_sums(
+    g: Graph, call: Call[qnn.AdaptiveAvgPool2d], ints: str, s_in: float
+) -> tuple[str, np.ndarray]:
+    """Equal blocks: ``ReduceSum`` over each, and the module's one multiplier."""
+    path = call.path
+    (c, h, w), (oh, ow) = call.input.shape[1:], call.out.shape[-2:]
+    kh, kw = h // oh, w // ow
+    blocks = g.const(f"{path}.blocks", np.array([0, c, oh, kh, ow, kw], dtype=np.int64))
+    axes = g.const(f"{path}.axes", np.array([3, 5], dtype=np.int64))
+    reshaped = g.node("Reshape", [ints, blocks], f"{path}.reshape")
+    m, shift = call.module.multiplier(s_in, kh * kw)
+    sums = g.node("ReduceSum", [reshaped, axes], f"{path}.sum", keepdims=0)
+    return sums, _multiplier(m, shift, [])
+
+
+def _window_sums(
+    g: Graph, call: Call[qnn.AdaptiveAvgPool2d], ints: str, s_in: float
+) -> tuple[str, np.ndarray]:
+    """Windows of several sizes: ``rows @ x @ cols^T`` with 0/1 matrices (exact in
+    int32), and a multiplier per output position."""
+    path = call.path
+    (h, w), (oh, ow) = call.input.shape[-2:], call.out.shape[-2:]
+    rows, cols = adaptive_windows(h, oh), adaptive_windows(w, ow)
+    r = g.const(f"{path}.rows", rows.astype(np.int32))
+    c = g.const(f"{path}.cols", cols.T.astype(np.int32))
+    sums = g.node("MatMul", [g.node("MatMul", [r, ints], f"{path}.row_sums"), c], f"{path}.sums")
+    counts = torch.from_numpy(rows.sum(1)[:, None] * cols.sum(1)[None, :])
+    m, shift = average_multipliers(s_in, counts, call.module.output_scale, int(counts.max()))
+    return sums, _multiplier(m, shift, [oh, ow])
+
+
+def avg_pool(g: Graph, call: Call[qnn.AvgPool2d]) -> None:
+    """Window sums by ``ConvInteger`` with a kernel of ones per channel (its padding is
+    the zero point, so padding adds 0), requantized by ``s_in / (n * s_out)`` with ``n``
+    torch's divisor of each output position."""
     mod, path = call.module, call.path
     v = _activation(g, call.input, call.what)
-    c, h, w = call.input.shape[1:]
-    oh, ow = call.out.shape[-2:]
-    kh, kw = h // oh, w // ow
-    shape = g.const(f"{path}.blocks", np.array([0, c, oh, kh, ow, kw], dtype=np.int64))
+    channels = call.input.shape[1]
+    ones = g.const(f"{path}.ones", np.ones((channels, 1, *mod.kernel_size), dtype=np.uint8))
+    attrs = pool_attributes(call, mod.kernel_size, mod.stride, mod.padding)
+    inputs = [v.name, ones, _zero_point(g)]
+    sums = g.node("ConvInteger", inputs, f"{path}.sum", group=channels, **attrs)
+    divisor = mod.divisors(*call.input.shape[-2:], *call.out.shape[-2:])
+    window = mod.kernel_size[0] * mod.kernel_size[1]
+    m, shift = average_multipliers(v.scale, divisor, mod.output_scale, window)  # type: ignore[arg-type]
+    terms = [(sums, _multiplier(m, shift, list(divisor.shape)), False)]
+    _int8_output(g, call, _requantize(g, terms, QUANT_MIN, QUANT_MAX, path))
+
+
+def max_pool(g: Graph, call: Call[qnn.MaxPool2d]) -> None:
+    """``MaxPool`` of the uint8 values (order-preserving, padding never wins)."""
+    mod, path = call.module, call.path
+    v = _activation(g, call.input, call.what)
+    attrs = pool_attributes(call, mod.kernel_size, mod.stride, mod.padding, mod.dilation)
+    g.record(call.out, Value(g.node("MaxPool", [v.name], f"{path}.pool", **attrs), v.scale))
+
+
+def mean(g: Graph, call: Call[qnn.Mean]) -> None:
+    """The exact int32 ``ReduceSum``, requantized by ``s_in / (n * s_out)``."""
+    mod, path = call.module, call.path
+    v = _activation(g, call.input, call.what)
+    axes = reduced_axes(call, mod.dim)
+    n = math.prod(call.input.shape[a] for a in axes)
     ints = _centred(g, v.name, g.types.INT32, path)
-    blocks = g.node("Reshape", [ints, shape], f"{path}.reshape")
-    axes = g.const(f"{path}.axes", np.array([3, 5], dtype=np.int64))
-    sums = g.node("ReduceSum", [blocks, axes], f"{path}.sum", keepdims=0)
-    m, shift = mod.multiplier(v.scale, kh * kw)  # type: ignore[arg-type]
-    q = _requantize(g, [(sums, _multiplier(m, shift, []), False)], QUANT_MIN, QUANT_MAX, path)
-    g.record(call.out, Value(q, float(mod.output_scale)))
+    axes_name = g.const(f"{path}.axes", np.array(axes, dtype=np.int64))
+    sums = g.node("ReduceSum", [ints, axes_name], f"{path}.sum", keepdims=int(mod.keepdim))
+    m, shift = average_multipliers(v.scale, torch.tensor(n), mod.output_scale, n)  # type: ignore[arg-type]
+    terms = [(sums, _multiplier(m, shift, []), False)]
+    _int8_output(g, call, _requantize(g, terms, QUANT_MIN, QUANT_MAX, path))
 
 
-def functional_add(g: Graph, call: FunctionalCall) -> None:
-    where = call.where
-    a, b = (_activation(g, t, where) for t in call.tensors)
-    mults, shift = call.module.multipliers([a.scale, b.scale])
-    terms = [
-        (a.name, _multiplier(mults[0], shift, []), True),
-        (b.name, _multiplier(mults[1], shift, []), True),
-    ]
-    q = _requantize(g, terms, QUANT_MIN, QUANT_MAX, where)
-    g.record(call.out, Value(q, float(call.module.output_scale)))
+def elementwise(g: Graph, call: Call[qnn.Elementwise]) -> None:
+    """``Gather`` on the module's 256-entry table (as uint8) at the uint8 input ``q + 128``."""
+    mod, path = call.module, call.path
+    v = _activation(g, call.input, call.what)
+    table = g.const(f"{path}.table", _as_uint8(mod.table(v.scale)))  # type: ignore[arg-type]
+    index = _cast(g, v.name, g.types.INT32, path)
+    _int8_output(g, call, g.node("Gather", [table, index], f"{path}.lookup"))
+
+
+def _functional_sum(sign: int) -> FunctionalEmitter:
+    """``add`` (``sign`` 1) or ``sub`` (-1): both terms requantized with one shift."""
+
+    def emit(g: Graph, call: FunctionalCall) -> None:
+        where = call.where
+        a, b = (_activation(g, t, where) for t in call.tensors)
+        mults, shift = call.module.multipliers([a.scale, b.scale])
+        terms = [
+            (a.name, _multiplier(mults[0], shift, []), True),
+            (b.name, _multiplier(sign * mults[1], shift, []), True),
+        ]
+        _int8_output(g, call, _requantize(g, terms, QUANT_MIN, QUANT_MAX, where))
+
+    return emit
 
 
 def functional_mul(g: Graph, call: FunctionalCall) -> None:
@@ -273,24 +370,31 @@ def functional_mul(g: Graph, call: FunctionalCall) -> None:
     prod = g.node("Mul", [xa, xb], f"{where}.product")
     (m,), shift = call.module.multipliers([a.scale * b.scale], ABS_MAX * ABS_MAX)  # type: ignore[operator]
     terms = [(prod, _multiplier(m, shift, []), False)]
-    q = _requantize(g, terms, QUANT_MIN, QUANT_MAX, where)
-    g.record(call.out, Value(q, float(call.module.output_scale)))
+    _int8_output(g, call, _requantize(g, terms, QUANT_MIN, QUANT_MAX, where))
 
 
-def functional_cat(g: Graph, call: FunctionalCall) -> None:
-    where = call.where
-    parts = []
-    for i, t in enumerate(call.tensors):
-        v = _activation(g, t, where)
-        (m,), shift = call.module.multipliers([v.scale])
-        terms = [(v.name, _multiplier(m, shift, []), True)]
-        parts.append(_requantize(g, terms, QUANT_MIN, QUANT_MAX, f"{where}{i}"))
-    q = g.node("Concat", parts, where, axis=call.dim)
-    g.record(call.out, Value(q, float(call.module.output_scale)))
+def _functional_join(stack: bool) -> FunctionalEmitter:
+    """``cat`` or ``stack``: each input rescaled to the output scale, then ``Concat``
+    (of the inputs unsqueezed, for ``stack``)."""
+
+    def emit(g: Graph, call: FunctionalCall) -> None:
+        where = call.where
+        axis = call.dim % call.out.dim()
+        parts = []
+        for i, t in enumerate(call.tensors):
+            v = _activation(g, t, where)
+            (m,), shift = call.module.multipliers([v.scale])
+            terms = [(v.name, _multiplier(m, shift, []), True)]
+            part = _requantize(g, terms, QUANT_MIN, QUANT_MAX, f"{where}{i}")
+            parts.append(unsqueezed(g, part, axis, f"{where}{i}") if stack else part)
+        _int8_output(g, call, g.node("Concat", parts, where, axis=axis))
+
+    return emit
 
 
 EMITTERS: dict[type[nn.Module], Emitter] = {
     **LAYOUT_EMITTERS,
+    **FLOAT_EMITTERS,
     qnn.QuantStub: quant_stub,
     qnn.DeQuantStub: dequant_stub,
     qnn.Conv2d: conv,
@@ -299,13 +403,21 @@ EMITTERS: dict[type[nn.Module], Emitter] = {
     qnn.ReLU: relu,
     qnn.ReLU6: relu6,
     qnn.AdaptiveAvgPool2d: pool,
+    qnn.AvgPool2d: avg_pool,
+    qnn.MaxPool2d: max_pool,
+    qnn.Mean: mean,
+    qnn.Elementwise: elementwise,
 }
-"""Integer module type (exact) -> its integer-op emitter."""
+"""Integer module type (exact) -> its integer-op emitter. ``QFunctional`` and its
+per-call-site modules (``Add``, ``Sub``, ``Mul``, ``Cat``, ``Stack``) are recorded by
+method instead."""
 
 FUNCTIONAL: dict[str, FunctionalEmitter] = {
-    "add": functional_add,
-    "cat": functional_cat,
+    "add": _functional_sum(1),
+    "sub": _functional_sum(-1),
     "mul": functional_mul,
+    "cat": _functional_join(stack=False),
+    "stack": _functional_join(stack=True),
 }
 """``QFunctional`` method -> its integer-op emitter."""
 

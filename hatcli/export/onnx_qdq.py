@@ -3,9 +3,13 @@
 
 Convs and linears get int8 weights per output channel (axis 0) and an int32 bias at
 ``s_in * s_w``; activations are int8 per tensor with zero point 0; fused ReLU/ReLU6
-become ``Relu``/``Clip``; residual adds and ``QFunctional`` ops are float ops between DQ
-and Q. This is the form other toolchains read; ONNX Runtime computes it in float32 with
-its own rounding, so it is close to the integer model, not equal (see ``onnx_integer``).
+become ``Relu``/``Clip``; residual adds and ``QFunctional`` ops (add, sub, mul, cat,
+stack) are float ops between DQ and Q, and so are pooling (``MaxPool``, ``AveragePool``,
+``MatMul`` by averaging matrices for uneven adaptive windows), means (``ReduceMean``)
+and an ``Elementwise`` table's function (``Sigmoid``, ``Erf`` for GELU, ...; a function
+with no float form is its table, a ``Gather``). This is the form other toolchains read;
+ONNX Runtime computes it in float32 with its own rounding, so it is close to the
+integer model, not equal (see ``onnx_integer``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from hatcli.errors import InputError
 from hatcli.export.exporter import Batch, Exporter
 from hatcli.export.onnx_common import check_and_write, integer_form, require_onnx
 from hatcli.export.onnx_float import torch_onnx_export
+from hatcli.export.onnx_float_ops import FLOAT_EMITTERS, function_of
 from hatcli.export.onnx_graph import (
     LAYOUT_EMITTERS,
     Call,
@@ -31,8 +36,10 @@ from hatcli.export.onnx_graph import (
     Value,
 )
 from hatcli.export.onnx_record import record_graph
+from hatcli.export.onnx_shape import unsqueezed
+from hatcli.export.onnx_windows import adaptive_windows, pool_attributes, reduced_axes
 from hatcli.export.result import ExportResult, OutputScale
-from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN, UINT8_OFFSET
 from hatcli.quant.nn import quantized as qnn
 from hatcli.quant.nn.quantized.weighted import WeightedIntegerModule
 from hatcli.quant.qtensor import QTensor
@@ -76,6 +83,12 @@ def dequantize(g: Graph, v: Value, what: str) -> str:
         return g.node("DequantizeLinear", [v.name, s, _zero8(g)], f"{v.name}.dq")
 
     return g.once(f"dequantized:{v.name}", make)
+
+
+def _output(g: Graph, call: Call[Any] | FunctionalCall, y: str) -> None:
+    """Quantize a float result to the module's output scale, as its output."""
+    s_out = float(call.module.output_scale)
+    g.record(call.out, Value(quantize(g, y, s_out, call.path), s_out))
 
 
 def _clamp(g: Graph, y: str, qmin: int, qmax: int, s_out: float, path: str) -> str:
@@ -194,9 +207,8 @@ def relu(g: Graph, call: Call[qnn.ReLU]) -> None:
 def relu6(g: Graph, call: Call[qnn.ReLU6]) -> None:
     mod, path = call.module, call.path
     v = g.value(call.input, call.what)
-    s_out = float(mod.output_scale)
-    y = _clamp(g, dequantize(g, v, path), mod.qmin, mod.qmax, s_out, path)
-    g.record(call.out, Value(quantize(g, y, s_out, path), s_out))
+    y = _clamp(g, dequantize(g, v, path), mod.qmin, mod.qmax, float(mod.output_scale), path)
+    _output(g, call, y)
 
 
 def pool(g: Graph, call: Call[qnn.AdaptiveAvgPool2d]) -> None:
@@ -207,29 +219,97 @@ def pool(g: Graph, call: Call[qnn.AdaptiveAvgPool2d]) -> None:
     oh, ow = call.out.shape[-2:]
     if (oh, ow) == (1, 1):
         y = g.node("GlobalAveragePool", [x], f"{path}.pool")
+    elif h % oh or w % ow:
+        y = _window_means(g, x, path, (h, w), (oh, ow))
     else:
         k = [h // oh, w // ow]
         y = g.node("AveragePool", [x], f"{path}.pool", kernel_shape=k, strides=k)
+    _output(g, call, y)
+
+
+def _window_means(g: Graph, x: str, path: str, size: tuple[int, int], out: tuple[int, int]) -> str:
+    """Adaptive average pooling with windows of several sizes: ``A_h @ x @ A_w^T``, each
+    row of ``A`` averaging one window."""
+    rows, cols = (adaptive_windows(n, o).astype(np.float32) for n, o in zip(size, out, strict=True))
+    a_h = g.const(f"{path}.rows", rows / rows.sum(1, keepdims=True))
+    a_w = g.const(f"{path}.cols", (cols / cols.sum(1, keepdims=True)).T.copy())
+    y = g.node("MatMul", [a_h, x], f"{path}.row_means")
+    return g.node("MatMul", [y, a_w], f"{path}.means")
+
+
+def avg_pool(g: Graph, call: Call[qnn.AvgPool2d]) -> None:
+    """``AveragePool`` over whole windows (padding counted), times ``k*k / divisor``
+    where torch divides by another number (``count_include_pad=False`` at the edges,
+    ``ceil_mode`` windows, ``divisor_override``)."""
+    mod, path = call.module, call.path
+    x = dequantize(g, g.value(call.input, call.what), path)
+    attrs = pool_attributes(call, mod.kernel_size, mod.stride, mod.padding)
+    y = g.node("AveragePool", [x], f"{path}.pool", count_include_pad=1, **attrs)
+    window = mod.kernel_size[0] * mod.kernel_size[1]
+    divisor = mod.divisors(*call.input.shape[-2:], *call.out.shape[-2:])
+    if bool((divisor != window).any()):
+        factor = g.const(f"{path}.divisor", (window / divisor.double()).float().numpy())
+        y = g.node("Mul", [y, factor], f"{path}.rescale")
+    _output(g, call, y)
+
+
+def max_pool(g: Graph, call: Call[qnn.MaxPool2d]) -> None:
+    mod, path = call.module, call.path
+    v = g.value(call.input, call.what)
+    attrs = pool_attributes(call, mod.kernel_size, mod.stride, mod.padding, mod.dilation)
+    y = g.node("MaxPool", [dequantize(g, v, path)], f"{path}.pool", **attrs)
+    g.record(call.out, Value(quantize(g, y, v.scale, path), v.scale))  # type: ignore[arg-type]
+
+
+def mean(g: Graph, call: Call[qnn.Mean]) -> None:
+    mod, path = call.module, call.path
+    x = dequantize(g, g.value(call.input, call.what), path)
+    axes = reduced_axes(call, mod.dim)
+    y = g.node("ReduceMean", [x], f"{path}.mean", axes=axes, keepdims=int(mod.keepdim))
+    _output(g, call, y)
+
+
+def elementwise(g: Graph, call: Call[qnn.Elementwise]) -> None:
+    """The float function between DQ and Q; a function with no float form here is its
+    int8 table, gathered at ``q + 128``."""
+    mod, path = call.module, call.path
+    v = g.value(call.input, call.what)
+    found = function_of(mod.fn)
+    if found is None:
+        _lookup(g, call, v)
+        return
+    builder, options = found
+    _output(g, call, builder(g, dequantize(g, v, path), path, options))
+
+
+def _lookup(g: Graph, call: Call[qnn.Elementwise], v: Value) -> None:
+    path = call.path
+    table = g.const(f"{path}.table", call.module.table(v.scale).numpy())  # type: ignore[arg-type]
+    offset = g.const(f"{path}.offset", np.array(UINT8_OFFSET, dtype=np.int32))
+    index = g.node("Cast", [v.name], f"{path}.int32", to=g.types.INT32)
+    index = g.node("Add", [index, offset], f"{path}.index")
     s_out = float(call.module.output_scale)
-    g.record(call.out, Value(quantize(g, y, s_out, path), s_out))
+    g.record(call.out, Value(g.node("Gather", [table, index], f"{path}.lookup"), s_out))
 
 
-def _combine(op: str) -> FunctionalEmitter:
-    """A ``QFunctional`` method as one float op between DQ and Q."""
+def _combine(op: str, stack: bool = False) -> FunctionalEmitter:
+    """A ``QFunctional`` method as one float op between DQ and Q (``stack``: a
+    ``Concat`` of the inputs, each unsqueezed)."""
 
     def emit(g: Graph, call: FunctionalCall) -> None:
         where = call.where
         inputs = [dequantize(g, g.value(t, where), where) for t in call.tensors]
-        attrs = {"axis": call.dim} if op == "Concat" else {}
-        y = g.node(op, inputs, where, **attrs)
-        s_out = float(call.module.output_scale)
-        g.record(call.out, Value(quantize(g, y, s_out, call.path), s_out))
+        attrs = {"axis": call.dim % call.out.dim()} if op == "Concat" else {}
+        if stack:
+            inputs = [unsqueezed(g, x, attrs["axis"], where) for x in inputs]
+        _output(g, call, g.node(op, inputs, where, **attrs))
 
     return emit
 
 
 EMITTERS: dict[type[nn.Module], Emitter] = {
     **LAYOUT_EMITTERS,
+    **FLOAT_EMITTERS,
     qnn.QuantStub: quant_stub,
     qnn.DeQuantStub: dequant_stub,
     qnn.Conv2d: conv,
@@ -238,13 +318,20 @@ EMITTERS: dict[type[nn.Module], Emitter] = {
     qnn.ReLU: relu,
     qnn.ReLU6: relu6,
     qnn.AdaptiveAvgPool2d: pool,
+    qnn.AvgPool2d: avg_pool,
+    qnn.MaxPool2d: max_pool,
+    qnn.Mean: mean,
+    qnn.Elementwise: elementwise,
 }
-"""Integer module type (exact) -> its QDQ emitter."""
+"""Integer module type (exact) -> its QDQ emitter. ``QFunctional`` and its per-call-site
+modules (``Add``, ``Sub``, ``Mul``, ``Cat``, ``Stack``) are recorded by method instead."""
 
 FUNCTIONAL: dict[str, FunctionalEmitter] = {
     "add": _combine("Add"),
-    "cat": _combine("Concat"),
+    "sub": _combine("Sub"),
     "mul": _combine("Mul"),
+    "cat": _combine("Concat"),
+    "stack": _combine("Concat", stack=True),
 }
 """``QFunctional`` method -> its QDQ emitter."""
 

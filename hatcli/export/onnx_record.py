@@ -1,10 +1,13 @@
 """Recording one forward pass of an integer model into an ONNX graph.
 
 Forward hooks see, in call order, each integer module and each float leaf module; a
-``TorchFunctionMode`` sees the shape operations (view, flatten, permute, ...) that the
-model's own forward code applies to recorded activations. Each module call goes to the
-emitter a format's table gives for the module's exact type, so a new op is one entry
-in that table; a module with no entry is refused before it runs, by its path.
+``TorchFunctionMode`` sees the torch functions that the model's own forward code (an
+eager ``forward`` or a ``GraphModule``'s generated code) applies to recorded values:
+shape operations (``onnx_shape``: view, permute, indexing, chunk, ...) and the float
+functions of a float island (``onnx_float_ops``); calls that give no tensor (``size()``,
+``.shape``) are not values and pass. Each module call goes to the emitter a format's
+table gives for the module's exact type, so a new op is one entry in that table; a
+module with no entry is refused before it runs, by its path.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from hatcli.errors import InputError
+from hatcli.export.onnx_float_ops import FLOAT_FUNCTIONS
 from hatcli.export.onnx_graph import (
     OPSET,
     Call,
@@ -26,31 +29,13 @@ from hatcli.export.onnx_graph import (
     FunctionalCall,
     FunctionalEmitter,
     Graph,
+    TorchCall,
     Value,
 )
+from hatcli.export.onnx_shape import SHAPE_OPS
 from hatcli.export.result import OutputScale
 from hatcli.quant.nn import quantized as qnn
 from hatcli.quant.nn.quantized.base import IntegerModule
-
-_RESHAPES = {
-    torch.Tensor.view,
-    torch.Tensor.reshape,
-    torch.reshape,
-    torch.Tensor.flatten,
-    torch.flatten,
-    torch.Tensor.squeeze,
-    torch.squeeze,
-    torch.Tensor.unsqueeze,
-    torch.unsqueeze,
-}
-_PERMUTES = {torch.Tensor.permute, torch.permute, torch.Tensor.transpose, torch.transpose}
-_IDENTITIES = {
-    torch.Tensor.contiguous,
-    torch.Tensor.clone,
-    torch.Tensor.detach,
-    torch.Tensor.cpu,
-    torch.Tensor.to,
-}
 
 
 def record_graph(
@@ -69,15 +54,16 @@ def record_graph(
 def _functional_inputs(
     method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[list[Any], int]:
-    """The tensors a ``QFunctional`` call combines, and ``cat``'s dim (0 for add/mul)."""
-    if method == "cat":
+    """The tensors a ``QFunctional`` call combines, and the dim of ``cat``/``stack`` (0
+    for the others)."""
+    if method in ("cat", "stack"):
         tensors = kwargs.get("tensors", args[0] if args else ())
         return list(tensors), int(kwargs.get("dim", args[1] if len(args) > 1 else 0))
     a = kwargs.get("a", args[0] if args else None)
     return [a, kwargs.get("b", args[1] if len(args) > 1 else None)], 0
 
 
-class _ShapeOps(TorchFunctionMode):
+class _TorchOps(TorchFunctionMode):
     """Passes the torch functions called outside any hooked module to the recording."""
 
     def __init__(self, recording: _Recording) -> None:
@@ -95,11 +81,18 @@ class _ShapeOps(TorchFunctionMode):
         flat = [x for a in args for x in (a if isinstance(a, (list, tuple)) else [a])]
         values = r.graph.values
         src = next((a for a in flat if isinstance(a, torch.Tensor) and id(a) in values), None)
-        if src is None or not isinstance(out, torch.Tensor | list | tuple):
+        if src is None or not _gives_tensors(out):
             return out
         with r.emitting():
-            r.shape_op(func, src, args, kwargs, out)
+            r.torch_op(TorchCall(func, tuple(args), kwargs, out, src, r.forward))
         return out
+
+
+def _gives_tensors(out: Any) -> bool:
+    """Whether a call's result is a value to record (not a size, a dim, a dtype)."""
+    if isinstance(out, (list, tuple)):
+        return any(isinstance(t, torch.Tensor) for t in out)
+    return isinstance(out, torch.Tensor)
 
 
 class _Recording:
@@ -132,7 +125,7 @@ class _Recording:
         x = example.clone()
         g.used.add("input")
         g.record(x, Value("input"))
-        with self._hooks(), _ShapeOps(self):
+        with self._hooks(), _TorchOps(self):
             out = self.model(x)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         name_of_model = type(self.model).__name__
@@ -221,53 +214,22 @@ class _Recording:
 
         return call
 
-    def shape_op(
-        self,
-        func: Callable[..., Any],
-        src: torch.Tensor,
-        args: Any,
-        kwargs: dict[str, Any],
-        out: Any,
-    ) -> None:
-        """A torch op in the model's own forward code applied to a recorded activation."""
-        g = self.graph
-        v = g.values[id(src)]
-        op = getattr(func, "__name__", str(func))
-        forward = f"{type(self.model).__name__}.forward"
-        if not isinstance(out, torch.Tensor) or args[0] is not src:
-            pass  # several outputs (split, chunk) or an activation as a later argument
-        elif func in _IDENTITIES and out.dtype == src.dtype:
-            g.record(out, v)
-            return
-        elif func in _RESHAPES:
-            if out.dim() == 0 or src.dim() == 0 or out.shape[0] != src.shape[0]:
-                raise InputError(f"cannot export {op} in {forward}: it changes the batch dimension")
-            shape = g.const(f"{v.name}.{op}.shape", np.array([0, *out.shape[1:]]))
-            g.record(out, Value(g.node("Reshape", [v.name, shape], f"{v.name}.{op}"), v.scale))
-            return
-        elif func in _PERMUTES:
-            perm = _permutation(func, src.dim(), args, kwargs)
-            if perm[0] != 0:
-                raise InputError(f"cannot export {op} in {forward}: it moves the batch dimension")
-            name = g.node("Transpose", [v.name], f"{v.name}.{op}", perm=perm)
-            g.record(out, Value(name, v.scale))
-            return
-        raise InputError(
-            f"cannot export torch.{op} in {forward}: no ONNX form for this operation on a "
-            "quantized activation (use a quantizable module)"
-        )
+    @property
+    def forward(self) -> str:
+        return f"{type(self.model).__name__}.forward"
 
-
-def _permutation(
-    func: Callable[..., Any], rank: int, args: Any, kwargs: dict[str, Any]
-) -> list[int]:
-    """The dimension order a ``permute`` or ``transpose`` call gives."""
-    if func in (torch.Tensor.transpose, torch.transpose):
-        d0, d1 = (int(a) % rank for a in args[1:3])
-        perm = list(range(rank))
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return perm
-    dims = list(args[1:]) or list(kwargs.get("dims", ()))
-    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-        dims = list(dims[0])
-    return [int(d) % rank for d in dims]
+    def torch_op(self, call: TorchCall) -> None:
+        """A torch function in the model's own forward code applied to a recorded value:
+        a shape op on any value, or a float island's function of float values."""
+        v = self.graph.values[id(call.source)]
+        emitter = SHAPE_OPS.get(call.func)
+        if emitter is None and v.scale is None and v.int32_scale is None:
+            emitter = FLOAT_FUNCTIONS.get(call.func)
+            if emitter is None:
+                raise call.refuse("no ONNX form for this float function")
+        if emitter is None:
+            raise call.refuse(
+                "no ONNX form for this operation on a quantized activation (use a "
+                "quantizable module)"
+            )
+        emitter(self.graph, call)
