@@ -10,11 +10,14 @@ chosen so that every product stays below 2**52), ``Round`` (half to even), ``Cli
 to uint8. Quantizing the input repeats torch's fake-quantize kernel (float32
 ``x * (1 / scale)``, rounded half to even); dequantizing multiplies as ``QTensor`` does.
 Other integer modules likewise: an ``Elementwise`` table is a ``Gather`` at ``q + 128``,
-max pooling a ``MaxPool`` of the uint8 values, average pooling and means exact int32
-window sums (``ConvInteger`` with a kernel of ones, ``ReduceSum``, ``MatMul`` by 0/1
-window matrices) requantized with the module's own multipliers. ONNX Runtime's results
-are therefore the integer model's, bit for bit (a float island between a DeQuantStub
-and a QuantStub is float32 in both, equal up to the last bits of its float ops).
+max pooling a ``MaxPool`` and nearest resizing a ``Gather`` of the uint8 values,
+average pooling and means exact int32 window sums (``ConvInteger`` with a kernel of
+ones, ``ReduceSum``, ``MatMul`` by 0/1 window matrices), bilinear resizing the module's
+fixed-point blend (``Gather``, int32 ``Mul``/``Add``), a transposed conv a
+``ConvInteger`` over the zero-spread input; each requantized with the module's own
+multipliers. ONNX Runtime's results are therefore the integer model's, bit for bit (a
+float island between a DeQuantStub and a QuantStub is float32 in both, equal up to the
+last bits of its float ops).
 """
 
 from __future__ import annotations
@@ -42,11 +45,19 @@ from hatcli.export.onnx_graph import (
 )
 from hatcli.export.onnx_record import record_graph
 from hatcli.export.onnx_shape import unsqueezed
-from hatcli.export.onnx_windows import adaptive_windows, pool_attributes, reduced_axes
+from hatcli.export.onnx_windows import (
+    adaptive_windows,
+    bilinear_taps,
+    pool_attributes,
+    reduced_axes,
+    resize_nearest,
+)
 from hatcli.export.result import ExportResult, OutputScale
 from hatcli.quant.int8 import ABS_MAX, QUANT_MAX, QUANT_MIN, UINT8_OFFSET
 from hatcli.quant.nn import quantized as qnn
 from hatcli.quant.nn.quantized.pooling import average_multipliers
+from hatcli.quant.nn.quantized.requantize import quantize_multiplier
+from hatcli.quant.nn.quantized.resize import WEIGHT_BITS
 from hatcli.quant.nn.quantized.weighted import WeightedIntegerModule
 from hatcli.quant.qtensor import QTensor
 
@@ -346,6 +357,105 @@ def elementwise(g: Graph, call: Call[qnn.Elementwise]) -> None:
     _int8_output(g, call, g.node("Gather", [table, index], f"{path}.lookup"))
 
 
+def interpolate(g: Graph, call: Call[qnn.Interpolate]) -> None:
+    if call.module.output_scale is None:
+        resize_nearest(g, call)
+        return
+    _bilinear(g, call)
+
+
+def _bilinear(g: Graph, call: Call[qnn.Interpolate]) -> None:
+    """The module's fixed-point blend of rows, then of columns (``2**WEIGHT_BITS``
+    weights, exact in int32), requantized by ``s_in / (2**(2 * WEIGHT_BITS) * s_out)``."""
+    mod, path = call.module, call.path
+    v = _activation(g, call.input, call.what)
+    (i0, i1, w0, w1), (j0, j1, v0, v1) = bilinear_taps(call)
+    x = _centred(g, v.name, g.types.INT32, path)
+    rows = _blend(g, x, 2, (i0, i1), (w0.reshape(-1, 1), w1.reshape(-1, 1)), f"{path}.rows")
+    acc = _blend(g, rows, 3, (j0, j1), (v0, v1), f"{path}.cols")
+    unit = 2 ** (2 * WEIGHT_BITS)
+    assert mod.output_scale is not None and v.scale is not None
+    factor = torch.as_tensor(v.scale / unit, dtype=torch.float64) / mod.output_scale.double()
+    (m,), shift = quantize_multiplier(factor, x_bounds=[ABS_MAX * unit])
+    terms = [(acc, _multiplier(m, shift, []), False)]
+    _int8_output(g, call, _requantize(g, terms, QUANT_MIN, QUANT_MAX, path))
+
+
+def _blend(
+    g: Graph,
+    x: str,
+    axis: int,
+    taps: tuple[torch.Tensor, torch.Tensor],
+    weights: tuple[torch.Tensor, torch.Tensor],
+    name: str,
+) -> str:
+    """``x[taps[0]] * weights[0] + x[taps[1]] * weights[1]`` along ``axis``, in int32."""
+    terms = []
+    for k, (index, weight) in enumerate(zip(taps, weights, strict=True)):
+        i = g.const(f"{name}.index{k}", index.numpy())
+        picked = g.node("Gather", [x, i], f"{name}.gather{k}", axis=axis)
+        wk = g.const(f"{name}.weight{k}", weight.to(torch.int32).numpy())
+        terms.append(g.node("Mul", [picked, wk], f"{name}.weighted{k}"))
+    return g.node("Add", terms, f"{name}.sum")
+
+
+def conv_transpose(g: Graph, call: Call[qnn.ConvTranspose2d]) -> None:
+    """A stride-1 ``ConvInteger`` with the spatially flipped weights over the input with
+    ``stride - 1`` zeros (the zero point) after each row and column: the transposed
+    convolution's own sums, exact in int32; then bias and requantization as a conv's."""
+    mod, path = call.module, call.path
+    v = _activation(g, call.input, call.what)
+    x = _zeros_inserted(g, v.name, call.input.shape[1:], mod.stride, path)
+    w, wz = _weight(g, path, mod.weight.flip(2, 3))
+    begin, end = [], []
+    for i, k in enumerate(mod.weight.shape[2:]):
+        reach = mod.dilation[i] * (k - 1) - mod.padding[i]
+        begin.append(reach)
+        end.append(reach + mod.output_padding[i] - (mod.stride[i] - 1))
+    acc = g.node(
+        "ConvInteger",
+        [x, w, _zero_point(g), wz],
+        f"{path}.conv",
+        kernel_shape=list(mod.weight.shape[2:]),
+        pads=[max(0, p) for p in (*begin, *end)],
+        dilations=list(mod.dilation),
+        group=mod.groups,
+    )
+    acc = _cropped(g, acc, call.out.shape[2:], begin, end, path)
+    _accumulated(g, call, acc, [1, -1, 1, 1], (v.scale,))  # type: ignore[arg-type]
+
+
+def _zeros_inserted(g: Graph, x: str, chw: torch.Size, stride: tuple[int, int], path: str) -> str:
+    """``x`` [N, C, H, W] with ``s - 1`` zero points after each row and column:
+    [N, C, H * sh, W * sw] (unchanged for stride 1)."""
+    (c, h, w), (sh, sw) = chw, stride
+    if (sh, sw) == (1, 1):
+        return x
+    cells = g.const(f"{path}.cells", np.array([0, c, h, 1, w, 1], dtype=np.int64))
+    pads = g.const(f"{path}.gaps", np.array([0] * 9 + [sh - 1, 0, sw - 1], dtype=np.int64))
+    spread = g.node("Reshape", [x, cells], f"{path}.cells")
+    spread = g.node("Pad", [spread, pads, _zero_point(g)], f"{path}.gaps")
+    shape = g.const(f"{path}.spread", np.array([0, c, h * sh, w * sw], dtype=np.int64))
+    return g.node("Reshape", [spread, shape], f"{path}.spread")
+
+
+def _cropped(
+    g: Graph, acc: str, size: torch.Size, begin: list[int], end: list[int], path: str
+) -> str:
+    """``acc`` without the rows and columns a negative pad (``begin``/``end``) cuts."""
+    cut_begin, cut_end = [max(0, -p) for p in begin], [max(0, -p) for p in end]
+    if not any(cut_begin) and not any(cut_end):
+        return acc
+    full = [n + b + e for n, b, e in zip(size, cut_begin, cut_end, strict=True)]
+    columns = {
+        "starts": cut_begin,
+        "ends": [n - e for n, e in zip(full, cut_end, strict=True)],
+        "axes": [2, 3],
+    }
+    inputs = [g.const(f"{path}.crop_{k}", np.array(c, dtype=np.int64)) for k, c in columns.items()]
+    return g.node("Slice", [acc, *inputs], f"{path}.crop")
+
+
 def _functional_sum(sign: int) -> FunctionalEmitter:
     """``add`` (``sign`` 1) or ``sub`` (-1): both terms requantized with one shift."""
 
@@ -407,6 +517,8 @@ EMITTERS: dict[type[nn.Module], Emitter] = {
     qnn.MaxPool2d: max_pool,
     qnn.Mean: mean,
     qnn.Elementwise: elementwise,
+    qnn.Interpolate: interpolate,
+    qnn.ConvTranspose2d: conv_transpose,
 }
 """Integer module type (exact) -> its integer-op emitter. ``QFunctional`` and its
 per-call-site modules (``Add``, ``Sub``, ``Mul``, ``Cat``, ``Stack``) are recorded by

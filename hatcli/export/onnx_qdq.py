@@ -6,8 +6,10 @@ Convs and linears get int8 weights per output channel (axis 0) and an int32 bias
 become ``Relu``/``Clip``; residual adds and ``QFunctional`` ops (add, sub, mul, cat,
 stack) are float ops between DQ and Q, and so are pooling (``MaxPool``, ``AveragePool``,
 ``MatMul`` by averaging matrices for uneven adaptive windows), means (``ReduceMean``)
-and an ``Elementwise`` table's function (``Sigmoid``, ``Erf`` for GELU, ...; a function
-with no float form is its table, a ``Gather``). This is the form other toolchains read;
+an ``Elementwise`` table's function (``Sigmoid``, ``Erf`` for GELU, ...; a function
+with no float form is its table, a ``Gather``), bilinear resizing (``Resize``) and
+transposed convs (``ConvTranspose``); nearest resizing gathers the int8 values at
+torch's picks. This is the form other toolchains read;
 ONNX Runtime computes it in float32 with its own rounding, so it is close to the
 integer model, not equal (see ``onnx_integer``).
 """
@@ -37,10 +39,17 @@ from hatcli.export.onnx_graph import (
 )
 from hatcli.export.onnx_record import record_graph
 from hatcli.export.onnx_shape import unsqueezed
-from hatcli.export.onnx_windows import adaptive_windows, pool_attributes, reduced_axes
+from hatcli.export.onnx_windows import (
+    adaptive_windows,
+    pool_attributes,
+    reduced_axes,
+    resize_nearest,
+    scale_factors,
+)
 from hatcli.export.result import ExportResult, OutputScale
 from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN, UINT8_OFFSET
 from hatcli.quant.nn import quantized as qnn
+from hatcli.quant.nn.qat.conv_transpose import to_transposed_layout
 from hatcli.quant.nn.quantized.weighted import WeightedIntegerModule
 from hatcli.quant.qtensor import QTensor
 
@@ -292,6 +301,73 @@ def _lookup(g: Graph, call: Call[qnn.Elementwise], v: Value) -> None:
     g.record(call.out, Value(g.node("Gather", [table, index], f"{path}.lookup"), s_out))
 
 
+def interpolate(g: Graph, call: Call[qnn.Interpolate]) -> None:
+    """Nearest: torch's picks gathered (as the integer form). Bilinear: ``Resize``
+    (``linear``, torch's coordinates) between DQ and Q, at the call's scale factors,
+    or at its sizes when it was given a size."""
+    mod, path = call.module, call.path
+    if mod.output_scale is None:
+        resize_nearest(g, call)
+        return
+    x = dequantize(g, g.value(call.input, call.what), path)
+    fh, fw = scale_factors(call)
+    if fh is not None and fw is not None:
+        factors = np.array([1, 1, fh, fw], dtype=np.float32)
+        inputs = [x, "", g.const(f"{path}.scales", factors)]
+    else:
+        inputs = [x, "", "", _sizes(g, x, call.out.shape[2:], path)]
+    mode = "align_corners" if mod.align_corners else "pytorch_half_pixel"
+    y = g.node(
+        "Resize", inputs, f"{path}.resize", mode="linear", coordinate_transformation_mode=mode
+    )
+    _output(g, call, y)
+
+
+def _sizes(g: Graph, x: str, hw: torch.Size, path: str) -> str:
+    """``x``'s batch and channels, then ``hw``: a ``Resize`` sizes input for any batch."""
+    shape = g.node("Shape", [x], f"{path}.shape", end=2)
+    out = g.const(f"{path}.size", np.array(list(hw), dtype=np.int64))
+    return g.node("Concat", [shape, out], f"{path}.sizes", axis=0)
+
+
+def conv_transpose(g: Graph, call: Call[qnn.ConvTranspose2d]) -> None:
+    mod, path = call.module, call.path
+    v = g.value(call.input, call.what)
+    x = dequantize(g, v, path)
+    wf, bf = _transposed_weights(g, call, v.scale)  # type: ignore[arg-type]
+    ph, pw = mod.padding
+    y = g.node(
+        "ConvTranspose",
+        [x, wf, bf],
+        f"{path}.conv_transpose",
+        kernel_shape=list(mod.weight.shape[2:]),
+        strides=list(mod.stride),
+        pads=[ph, pw, ph, pw],
+        output_padding=list(mod.output_padding),
+        dilations=list(mod.dilation),
+        group=mod.groups,
+    )
+    _finish(g, call, y)
+
+
+def _transposed_weights(g: Graph, call: Call[qnn.ConvTranspose2d], s_in: float) -> tuple[str, str]:
+    """The dequantized weight in ``ConvTranspose``'s layout [in, out / groups, kh, kw],
+    and the bias. One group: int8 in that layout, per channel along axis 1. Several: no
+    axis of that layout holds every output channel, so the conv layout [out, in /
+    groups, kh, kw] is dequantized along axis 0 and rearranged."""
+    mod, path = call.module, call.path
+    if mod.groups == 1:
+        return _weights(g, path, mod, s_in, to_transposed_layout(mod.weight, 1), 1)
+    wf, bf = _weights(g, path, mod, s_in, mod.weight, 0)
+    out, in_g, kh, kw = mod.weight.shape
+    groups = mod.groups
+    split = g.const(f"{path}.groups", np.array([groups, out // groups, in_g, kh, kw], np.int64))
+    layout = g.const(f"{path}.layout", np.array([groups * in_g, out // groups, kh, kw], np.int64))
+    wf = g.node("Reshape", [wf, split], f"{path}.weight.groups")
+    wf = g.node("Transpose", [wf], f"{path}.weight.swap", perm=[0, 2, 1, 3, 4])
+    return g.node("Reshape", [wf, layout], f"{path}.weight.layout"), bf
+
+
 def _combine(op: str, stack: bool = False) -> FunctionalEmitter:
     """A ``QFunctional`` method as one float op between DQ and Q (``stack``: a
     ``Concat`` of the inputs, each unsqueezed)."""
@@ -322,6 +398,8 @@ EMITTERS: dict[type[nn.Module], Emitter] = {
     qnn.MaxPool2d: max_pool,
     qnn.Mean: mean,
     qnn.Elementwise: elementwise,
+    qnn.Interpolate: interpolate,
+    qnn.ConvTranspose2d: conv_transpose,
 }
 """Integer module type (exact) -> its QDQ emitter. ``QFunctional`` and its per-call-site
 modules (``Add``, ``Sub``, ``Mul``, ``Cat``, ``Stack``) are recorded by method instead."""
