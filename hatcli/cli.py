@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperArgument
 
 from hatcli import plugins
 from hatcli.engine.distributed import lost_a_peer
@@ -31,20 +32,37 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help, as git and pip print it
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-SpecArg = Annotated[Path, typer.Argument(help="The project's YAML spec.", show_default=False)]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+SpecArg = Annotated[
+    Path, typer.Argument(help="The project's YAML spec.", show_default=False, metavar="SPEC")
+]
+# A flag takes no value: metavar "" keeps help from showing one.
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", metavar="")]
 VerboseOpt = Annotated[
     bool,
     typer.Option(
-        "--verbose", "-v", help="Tracebacks for run failures; the table of quantized ops."
+        "--verbose",
+        "-v",
+        help="Tracebacks for run failures; the table of quantized ops.",
+        metavar="",
     ),
 ]
 WorkDirOpt = Annotated[
     str | None,  # not Path: Path("") would be ".", and '' must be refused as in a spec
-    typer.Option("--work-dir", help="Override the spec's work_dir."),
+    typer.Option("--work-dir", help="Override the spec's work_dir.", metavar="DIR"),
+]
+StageOpt = Annotated[
+    str,
+    typer.Option(
+        "--stage",
+        "-s",
+        help="A stage of SPEC (the example's: float, calibration, qat, int_infer), or all "
+        "to run every stage in order.",
+        metavar="STAGE",
+    ),
 ]
 
 
@@ -101,7 +119,7 @@ def _guard(action: Callable[[], Any], verbose: bool = False) -> Any:
         _fail([f"run failed: {type(exc).__name__}: {one_line(exc)}{hint}"], 1, lost_peer)
 
 
-@app.command()
+@app.command(short_help="Check SPEC against the schema and the installed components.")
 def validate(spec: SpecArg) -> None:
     """Check SPEC against the schema and the installed components; exit 2 on any problem."""
     from hatcli.spec.spec import load_spec
@@ -113,14 +131,25 @@ def validate(spec: SpecArg) -> None:
 
 NprocOpt = Annotated[
     int,
-    typer.Option("--nproc", help="Worker processes on this machine (torch's elastic launcher)."),
+    typer.Option(
+        "--nproc",
+        help="Worker processes on this machine (torch's elastic launcher).",
+        metavar="N",
+    ),
 ]
-NnodesOpt = Annotated[int, typer.Option("--nnodes", help="Machines taking part.")]
-NodeRankOpt = Annotated[int, typer.Option("--node-rank", help="This machine's index.")]
-MasterAddrOpt = Annotated[str, typer.Option("--master-addr", help="Address of node rank 0.")]
-MasterPortOpt = Annotated[int | None, typer.Option("--master-port", help="Its port.")]
+NnodesOpt = Annotated[int, typer.Option("--nnodes", help="Machines taking part.", metavar="N")]
+NodeRankOpt = Annotated[int, typer.Option("--node-rank", help="This machine's index.", metavar="N")]
+MasterAddrOpt = Annotated[
+    str, typer.Option("--master-addr", help="Address of node rank 0.", metavar="HOST")
+]
+MasterPortOpt = Annotated[
+    int | None, typer.Option("--master-port", help="Its port.", metavar="PORT")
+]
 RdzvOpt = Annotated[
-    str | None, typer.Option("--rdzv-endpoint", help="host:port of a c10d rendezvous instead.")
+    str | None,
+    typer.Option(
+        "--rdzv-endpoint", help="A c10d rendezvous instead of a master.", metavar="HOST:PORT"
+    ),
 ]
 
 
@@ -221,12 +250,10 @@ def _resume(
 _COMMANDS: dict[str, Callable[..., None]] = {"train": _train, "resume": _resume}
 
 
-@app.command()
+@app.command(short_help="Run one stage of SPEC, or all of them.")
 def train(
     spec: SpecArg,
-    stage: Annotated[
-        str, typer.Option("--stage", "-s", help="float | qat | int_infer | any stage | all")
-    ],
+    stage: StageOpt,
     work_dir: WorkDirOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -255,12 +282,15 @@ def _print_done(stage: str, summary: dict[str, Any]) -> None:
     )
 
 
-@app.command()
+@app.command(short_help="Continue an interrupted stage where its last checkpoint left it.")
 def resume(
     spec: SpecArg,
-    stage: Annotated[str, typer.Option("--stage", "-s", help="The stage to continue.")],
+    stage: Annotated[
+        str, typer.Option("--stage", "-s", help="The stage to continue.", metavar="STAGE")
+    ],
     from_path: Annotated[
-        Path | None, typer.Option("--from", help="Continue from this checkpoint instead.")
+        Path | None,
+        typer.Option("--from", help="Continue from this checkpoint instead.", metavar="PATH"),
     ] = None,
     work_dir: WorkDirOpt = None,
     quiet: QuietOpt = False,
@@ -278,10 +308,13 @@ def resume(
     _launch_or_run(launch, "resume", {**kwargs, "quiet": quiet, "verbose": verbose})
 
 
-@app.command()
+@app.command(short_help="Export a trained stage's model (ONNX, integer ONNX, TorchScript).")
 def export(
     spec: SpecArg,
-    stage: Annotated[str, typer.Option("--stage", "-s", help="The stage whose model to export.")],
+    stage: Annotated[
+        str,
+        typer.Option("--stage", "-s", help="The stage whose model to export.", metavar="STAGE"),
+    ],
     fmt: Annotated[
         str,
         typer.Option(
@@ -291,6 +324,7 @@ def export(
             "lists them). Built in: onnx (QDQ when quantized), onnx-integer (integer ops, "
             "exact), torchscript.",
             show_default=False,
+            metavar="FORMAT",
         ),
     ],
     output: Annotated[
@@ -300,11 +334,15 @@ def export(
             "-o",
             help="Default: {work_dir}/{stage} and the format's suffix ({stage}.onnx, "
             "{stage}-integer.onnx, {stage}-exported.pt for the built-in formats).",
+            metavar="PATH",
         ),
     ] = None,
     work_dir: WorkDirOpt = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing output file (never an input).")
+        bool,
+        typer.Option(
+            "--force", help="Replace an existing output file (never an input).", metavar=""
+        ),
     ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -327,9 +365,11 @@ def export(
         err.print(line, markup=False)
 
 
-@app.command("plugins")
+@app.command("plugins", short_help="The installed plugins and the components each gives.")
 def list_plugins(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """The installed plugins, their versions and the components each gives."""
     infos = _guard(plugins.plugin_infos)
@@ -352,7 +392,7 @@ def list_plugins(
     Console().print(table)
 
 
-@app.command()
+@app.command(short_help="Print the spec's full JSON Schema, plugin components included.")
 def schema() -> None:
     """Print the full JSON Schema of a spec, installed plugin components included."""
     from hatcli.spec.schema import assembled_schema
@@ -364,15 +404,78 @@ def _format_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> 
     return f"warning: {message}\n"
 
 
+class _ConventionalArgument(TyperArgument):
+    """A positional argument shown as git and pip show one: ``SPEC`` in the usage line
+    and the help (typer writes ``{SPEC}`` and ``SPEC <path>``)."""
+
+    def _usage_display_name(self) -> str:
+        return self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+
+    def display_type(self, ctx: Any) -> str:
+        return ""
+
+
+def _conventional_help(command: Any) -> None:
+    for param in command.params:
+        if type(param) is TyperArgument:
+            param.__class__ = _ConventionalArgument
+    for sub in getattr(command, "commands", {}).values():
+        _conventional_help(sub)
+
+
+def _plugins_dir_from(argv: list[str]) -> str | None:
+    """``--plugins-dir DIR`` (or ``=DIR``) before the command: plugins load before the
+    command line is parsed, since they add commands."""
+    for i, arg in enumerate(argv):
+        if arg == "--plugins-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--plugins-dir="):
+            return arg.split("=", 1)[1]
+        if not arg.startswith("-"):
+            return None  # the command: what follows is its own
+    return None
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print hat's version and exit.", metavar="")
+    ] = False,
+    plugins_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--plugins-dir",
+            help=f"Load every *.py in DIR as a plugin (also ${plugins.PLUGINS_DIR_ENV}).",
+            metavar="DIR",
+        ),
+    ] = None,
+) -> None:
+    """Quantization-aware training for int8 fixed-point accelerators."""
+    if version:
+        from importlib.metadata import version as installed
+
+        typer.echo(f"hat {installed('hat')}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
 def main() -> None:
     warnings.formatwarning = _format_warning
+    folder = _plugins_dir_from(sys.argv[1:])
+    if folder is not None:
+        os.environ[plugins.PLUGINS_DIR_ENV] = folder  # launched workers load it too
     try:
         plugins.load_plugins()
         plugins.register_commands(app)
     except PluginError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(2)
-    app()
+    command = typer.main.get_command(app)
+    _conventional_help(command)
+    command(prog_name="hat")
 
 
 if __name__ == "__main__":

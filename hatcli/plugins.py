@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -20,6 +23,8 @@ from hatcli.errors import PluginError
 
 ENTRY_POINT_GROUP = "hat"
 LOAD_PLUGINS_ENV = "HAT_LOAD_PLUGINS"
+PLUGINS_DIR_ENV = "HAT_PLUGINS_DIR"
+"""A folder whose ``*.py`` files load as plugins (``hat --plugins-dir``), for local work."""
 KINDS = (
     "models",
     "datasets",
@@ -147,6 +152,38 @@ def load_plugins() -> None:
             continue
         version = ep.dist.version if ep.dist is not None else None
         _infos[ep.name] = PluginInfo(ep.name, dist, version)
+    folder = os.environ.get(PLUGINS_DIR_ENV)
+    if folder:
+        _load_plugins_dir(Path(folder))
+
+
+def _load_plugins_dir(folder: Path) -> None:
+    """Each ``*.py`` in ``folder`` (sorted) as a plugin named by its file name, as
+    pytest's conftest files and datasette's ``--plugins-dir`` load: no packaging, no
+    entry point. The folder comes from the command line or the environment, never from
+    a spec."""
+    if not folder.is_dir():
+        raise PluginError(f"--plugins-dir {folder}: not a folder")
+    for path in sorted(folder.glob("*.py")):
+        name = path.stem
+        if pm.has_plugin(name):
+            _warn(f"plugin file {path} is named like an installed plugin and was skipped")
+            continue
+        module_name = f"hat_plugins_dir.{name}"
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module  # so that its classes pickle by name
+            spec.loader.exec_module(module)
+            pm.register(module, name=name)
+        except Exception as exc:  # a broken local plugin must not break hat
+            sys.modules.pop(module_name, None)
+            if pm.has_plugin(name):
+                pm.unregister(name=name)
+            _warn(f"plugin file {path} failed to load and was skipped: {_describe(exc)}")
+            continue
+        _infos[name] = PluginInfo(name, str(path), None)
 
 
 def register_plugin(module: Any, name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import pickle
 import random
@@ -63,6 +64,14 @@ def test_help_and_module_entry(hat_cli) -> None:
     assert result.returncode == 0
     for command in ("validate", "train", "plugins", "schema"):
         assert command in result.stdout
+    # Each command's summary is whole (not cut off with "..."), flags take no value.
+    assert "..." not in result.stdout.split("Commands:")[1]
+    train = hat_cli("train", "--help")
+    assert train.stdout.startswith("Usage: hat train [OPTIONS] SPEC\n")
+    assert "<bool>" not in train.stdout and "{" not in train.stdout.splitlines()[0]
+    assert "-q, --quiet  " in train.stdout and "--nproc N" in train.stdout
+    version = hat_cli("--version")
+    assert version.returncode == 0 and re.fullmatch(r"hat \d+\.\d+\.\d+\S*\n", version.stdout)
 
 
 @pytest.mark.slow
@@ -74,6 +83,7 @@ def test_schema_is_a_valid_schema_listing_components(hat_cli) -> None:
     text = result.stdout
     for name in ("DigitsNet", "Digits", "LoadCheckpoint", "Validation", "SGD", "CosineAnnealingLR"):
         assert f'"const": "{name}"' in text
+    assert '"const": "TopKAccuracy"' in text  # a kind inside a component (Validation)
     from hatcli.spec.loader import load_yaml
 
     data, _ = load_yaml(EXAMPLE)

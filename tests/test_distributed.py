@@ -93,6 +93,15 @@ stages:
       - {type: FuseBN, modules: [[stem]], step_or_epoch: [6]}
       - {type: Validation}
       - {type: Checkpoint, name_prefix: qat_bn-}
+  int_infer:  # the plain Trainer: a stage that does not train runs in every process
+    model_convert_pipeline:
+      converters:
+        - {type: Float2QAT}
+        - {type: LoadCheckpoint, checkpoint_path: '{work_dir}/qat-checkpoint-last.pth.tar'}
+        - {type: QAT2Quantize}
+    num_epochs: 0
+    callbacks:
+      - {type: Validation}
 """
 
 
@@ -124,7 +133,8 @@ def runs(hat_cli, env, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         work = tmp_path_factory.mktemp(name)
         start = out["one"] / "float-checkpoint-last.pth.tar" if out else None
         spec = spec_file(work, batch, start)
-        for stage in ("float", "qat", "qat_bn") if nproc == "2" else ("float", "qat"):
+        stages = ("float", "qat", "qat_bn", "int_infer") if nproc == "2" else ("float", "qat")
+        for stage in stages:
             result = hat_cli(
                 "train",
                 spec,
@@ -140,6 +150,14 @@ def runs(hat_cli, env, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
             assert result.returncode == 0, result.stderr
         out[name] = work
     return out
+
+
+def test_a_stage_that_does_not_train_runs_distributed_with_the_plain_trainer(runs) -> None:
+    summary = json.loads((runs["two"] / "int_infer" / "summary.json").read_text())
+    assert summary["finished"] and summary["world_size"] == 2
+    qat = json.loads((runs["two"] / "qat" / "summary.json").read_text())
+    # The integer model validated on all of val (both shares, reduced) is the QAT model.
+    assert summary["metrics"]["accuracy"] == qat["metrics"]["accuracy"]
 
 
 def states(work: Path, stage: str) -> dict[str, torch.Tensor]:

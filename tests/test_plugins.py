@@ -595,3 +595,32 @@ def test_a_clash_names_the_kind_in_the_singular(plugin) -> None:
     plugin(plugin_module("clashing_loss", hat_register_losses=hat_register_losses), "clash")
     with pytest.raises(PluginError, match=r"^loss 'MSELoss' is registered by two plugins"):
         plugins.components("losses")
+
+
+@pytest.mark.slow
+def test_a_plugins_dir_loads_each_file_and_skips_a_broken_one(hat_cli, tmp_path: Path) -> None:
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "my_losses.py").write_text(
+        textwrap.dedent("""
+            import torch
+            import hatcli
+
+            @hatcli.hookimpl
+            def hat_register_losses(register):
+                register("MyL1", torch.nn.L1Loss, {"type": "object"})
+        """)
+    )
+    (folder / "broken.py").write_text("raise RuntimeError('boom')\n")
+    listed = hat_cli("--plugins-dir", folder, "plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["my_losses"]["components"] == {"losses": ["MyL1"]}
+    assert rows["my_losses"]["distribution"] == str(folder / "my_losses.py")
+    assert "broken" not in rows
+    assert f"plugin file {folder / 'broken.py'} failed to load and was skipped" in listed.stderr
+    by_env = hat_cli("plugins", "--json", env={"HAT_PLUGINS_DIR": str(folder)})
+    assert "my_losses" in by_env.stdout
+    missing = hat_cli("--plugins-dir", tmp_path / "nowhere", "plugins")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"error: --plugins-dir {tmp_path / 'nowhere'}: not a folder"

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hatcli.engine import distributed
 from hatcli.engine.context import LoopContext
 from hatcli.engine.data_checks import (
     checked_forward,
@@ -48,13 +49,17 @@ class Trainer:
     (``hat validate`` says so when it is missing); false for a calibration pass."""
 
     supports_distributed: bool = False
-    """Whether this trainer can run in several processes (``hat train --nproc N`` or
-    torchrun); a stage launched so with a trainer that cannot is an input error."""
+    """Whether this trainer can train in several processes (``hat train --nproc N`` or
+    torchrun); a stage that trains, launched so with a trainer that cannot, is an input
+    error. A stage that only evaluates (``num_epochs: 0``) runs with any trainer: each
+    process validates its share of the data and the metrics are reduced."""
 
     def setup(self, device: torch.device) -> None:
         """First, before the model, data and callbacks are built (e.g. join the process
         group); ``device`` is the stage's, already checked. An ``InputError`` raised here
-        is reported at the stage's ``trainer``."""
+        is reported at the stage's ``trainer``. Here: join the launcher's group, if any."""
+        if distributed.launched_world_size() > 1:
+            distributed.init_process_group(distributed.choose_backend("auto", device), device)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model after its convert pipeline (and a resumed checkpoint's weights),

@@ -326,7 +326,7 @@ def _build_trainer(spec: Spec, stage: StageSpec) -> Trainer:
             spec.positions, where, "the factory did not return a hatcli Trainer (subclass it)"
         )
     processes = distributed.launched_world_size()
-    if processes > 1 and not trainer.supports_distributed:
+    if processes > 1 and not trainer.supports_distributed and stage.trains:
         raise located(
             spec.positions,
             where,

@@ -35,16 +35,22 @@ def component_schema(component: plugins.Component, common: dict[str, Any]) -> di
     return own
 
 
-def _assemble(node: Any) -> Any:
+def _assemble(node: Any, within: frozenset[str] = frozenset()) -> Any:
+    """``node`` with each component place listing its components; places inside a
+    component's own schema (Validation's ``metrics``) too, except a kind within itself."""
     if isinstance(node, list):
-        return [_assemble(item) for item in node]
+        return [_assemble(item, within) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _assemble(value) for key, value in node.items()}
+    out = {key: _assemble(value, within) for key, value in node.items()}
     kind = node.get(KIND_KEYWORD)
-    if isinstance(kind, str):
+    if isinstance(kind, str) and kind not in within:
         common = node.get(COMMON_KEYWORD, {})
-        choices = [component_schema(c, common) for _, c in sorted(plugins.components(kind).items())]
+        inner = within | {kind}
+        choices = [
+            _assemble(component_schema(c, common), inner)
+            for _, c in sorted(plugins.components(kind).items())
+        ]
         names = [{"const": name} for name in sorted(plugins.components(kind))]
         out["anyOf"] = [*choices, {"enum": [n["const"] for n in names]}] if choices else []
     return out
