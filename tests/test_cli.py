@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 import os
 import pickle
 import random
+import re
 import subprocess
 from pathlib import Path
 
