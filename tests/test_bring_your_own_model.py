@@ -45,6 +45,7 @@ RunHat = Callable[..., "subprocess.CompletedProcess[str]"]
 
 CLASSES, SEG_CLASSES = 10, 4
 TRAIN, VAL = 64, 32
+STAGES = ("float", "calibration", "qat", "int_infer")
 
 
 # --- segmentation targets: the dataset, the loss checks and the accuracy metric ---------
@@ -291,7 +292,15 @@ class Run:
     done: subprocess.CompletedProcess[str]
 
     def check_finished(self) -> None:
-        assert self.done.returncode == 0, self.done.stderr[-3000:]
+        """Exit 0; else the stages that did not finish and hat's last line come first."""
+        if self.done.returncode == 0:
+            return
+        left = [s for s in STAGES if not (self.work / s / "summary.json").is_file()]
+        lines = self.done.stderr.strip().splitlines() or ["(no output)"]
+        raise AssertionError(
+            f"hat train exited {self.done.returncode}, stages not finished: "
+            f"{', '.join(left)}: {lines[-1]}\n{self.done.stderr[-3000:]}"
+        )
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -341,7 +350,7 @@ def test_every_stage_runs_and_qat_eval_is_the_integer_model(
     run: Run, data_dir: Path, plugin: Any
 ) -> None:
     run.check_finished()
-    for stage in ("float", "calibration", "qat", "int_infer"):
+    for stage in STAGES:
         assert json.loads((run.work / stage / "summary.json").read_text())["finished"]
     assert (run.work / "int_infer-traced.pt").is_file()
 
@@ -372,6 +381,10 @@ def test_integer_ops_onnx_is_the_integer_model(run: Run, data_dir: Path, plugin:
 
 @pytest.mark.slow
 def test_qdq_onnx_is_within_one_output_step(run: Run, data_dir: Path, plugin: Any) -> None:
+    """Within one step of the output grid, beyond float32's own rounding of the output:
+    an int32 output of many steps (small logits, a step of 1e-9) is not exact in float32,
+    in ONNX Runtime's ``DequantizeLinear`` nor in the integer model's float32 result, so
+    two float32 ulps of the value are allowed on top of the step."""
     run.check_finished()
     _, integer = _integer_model(run, plugin)
     _export(run.spec, "onnx")
@@ -379,9 +392,13 @@ def test_qdq_onnx_is_within_one_output_step(run: Run, data_dir: Path, plugin: An
     with torch.no_grad():
         expected = integer(x)
     got = _onnx_outputs(run.work / "int_infer.onnx", x)
-    in_steps = (got.double() - expected.double()).abs() / _output_step(integer, x, expected)
-    identical = float((in_steps < 0.5).double().mean())
-    assert float(in_steps.max()) <= 1.0, (
-        f"QDQ is up to {float(in_steps.max()):.4g} output steps off the integer model "
-        f"({100 * identical:.1f}% of {in_steps.numel()} outputs on the same step)"
+    step = _output_step(integer, x, expected)
+    diff = (got.double() - expected.double()).abs()
+    float32_rounding = 2 * torch.finfo(torch.float32).eps * expected.double().abs()
+    beyond = ((diff - float32_rounding).clamp(min=0) / step).max()
+    identical = float((diff / step < 0.5).double().mean())
+    assert float(beyond) <= 1.0, (
+        f"QDQ is up to {float((diff / step).max()):.4g} output steps off the integer model "
+        f"({float(beyond):.4g} beyond float32 rounding; {100 * identical:.1f}% of "
+        f"{diff.numel()} outputs on the same step)"
     )
