@@ -258,36 +258,42 @@ def test_an_index_that_moves_the_batch_is_refused() -> None:
 
 
 class _Islands(nn.Module):
-    """A float LayerNorm, Softmax and GELU (a function kept float) between quantized convs."""
+    """ConvNeXt's block: a float LayerNorm over channels last, a Linear on a 4-D input,
+    GELU as a function (kept float), a layer scale (a parameter a quantized mul reads),
+    then a float Softmax and add."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.norm = nn.LayerNorm(8)
-        self.conv = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 8)
+        self.gamma = nn.Parameter(torch.linspace(0.2, 1.0, 8))
         self.softmax = nn.Softmax(dim=1)
+        self.conv = nn.Conv2d(8, 8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        y = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        y = F.gelu(y) + self.softmax(y) * 0.5
+        y = self.fc(self.norm(x.permute(0, 2, 3, 1)))
+        y = (self.gamma * F.gelu(y)).permute(0, 3, 1, 2)
+        y = y + self.softmax(y) * 0.5
         return self.conv(y) - x
 
 
 def test_float_islands_export_their_float_ops() -> None:
     integer = _integer(_Islands(), S, qconfig={"types": {"gelu": "float", "add": "float"}})
-    x = _inputs(S)
+    x = _inputs(S, 32)
     with torch.no_grad():
         ref = integer(x)
         protos = [b(integer, onnx).build(x[:2]) for b in (IntegerOpsBuilder, QDQBuilder)]
     for proto, scales in protos:
         ops = {n.op_type for n in proto.graph.node}
-        assert {"LayerNormalization", "Softmax", "Erf"} <= ops
+        assert {"LayerNormalization", "Softmax", "Erf", "Add"} <= ops
         got = _run(proto, x)
         # Float ops agree to float32 rounding: a value within an ulp of a rounding boundary
         # may be quantized one step apart after the island, nothing more.
         assert _steps(got, ref, scales[0]) <= 1
         assert (got == ref.numpy()).mean() >= 0.999
+    assert "MatMulInteger" in {n.op_type for n in protos[0][0].graph.node}
 
 
 class _Unknown(nn.Module):

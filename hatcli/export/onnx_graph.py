@@ -149,6 +149,10 @@ class Graph:
         self.values[id(t)] = v
         self.keep.append(t)
 
+    def recorded(self, t: Any) -> bool:
+        """Whether ``t`` is a recorded value (else a constant: a parameter, a buffer)."""
+        return isinstance(t, torch.Tensor) and id(t) in self.values
+
     def value(self, t: Any, what: str) -> Value:
         """The recorded value of ``t``; an InputError when ``t`` was not recorded."""
         v = self.values.get(id(t)) if isinstance(t, torch.Tensor) else None

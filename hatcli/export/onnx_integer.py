@@ -197,11 +197,17 @@ def _conv_node(g: Graph, call: Call[qnn.Conv2d], v: Value) -> str:
 
 
 def quant_stub(g: Graph, call: Call[qnn.QuantStub]) -> None:
+    """torch's fake-quantize kernel; a constant's (e.g. a layer scale a quantized mul
+    reads) values are an initializer."""
     path = call.path
+    scale = np.float32(call.module.scale.item())
+    if not g.recorded(call.input):
+        ints = g.const(f"{path}.value", _as_uint8(call.out.int_repr()))
+        g.record(call.out, Value(ints, float(scale)))
+        return
     v = g.value(call.input, call.what)
     if v.scale is not None:
         raise InputError(f"cannot export {path}: its input is quantized already")
-    scale = np.float32(call.module.scale.item())
     inv = g.const(f"{path}.inv_scale", np.array(np.float32(1.0) / scale, dtype=np.float32))
     y = g.node("Round", [g.node("Mul", [v.name, inv], f"{path}.mul")], f"{path}.round")
     g.record(call.out, Value(_to_uint8(g, y, np.float32, QUANT_MIN, QUANT_MAX, path), float(scale)))
@@ -242,10 +248,8 @@ def conv_add(g: Graph, call: Call[qnn.ConvAdd2d]) -> None:
 
 
 def linear(g: Graph, call: Call[qnn.Linear]) -> None:
-    path, inp = call.path, call.input
-    v = _activation(g, inp, call.what)
-    if inp.dim() != 2:
-        raise InputError(f"cannot export {path} (Linear) on a {inp.dim()}-D input: 2-D only")
+    path = call.path
+    v = _activation(g, call.input, call.what)
     w, wz = _weight(g, path, call.module.weight.t().contiguous())
     acc = g.node("MatMulInteger", [v.name, w, _zero_point(g), wz], f"{path}.matmul")
     _accumulated(g, call, acc, [-1], (v.scale,))  # type: ignore[arg-type]

@@ -165,10 +165,16 @@ def _conv_node(g: Graph, call: Call[qnn.Conv2d]) -> str:
 
 
 def quant_stub(g: Graph, call: Call[qnn.QuantStub]) -> None:
+    """``QuantizeLinear``; a constant's (e.g. a layer scale a quantized mul reads) int8
+    values are an initializer."""
+    scale = float(call.module.scale)
+    if not g.recorded(call.input):
+        ints = g.const(f"{call.path}.value", call.out.int_repr().cpu().numpy())
+        g.record(call.out, Value(ints, scale))
+        return
     v = g.value(call.input, call.what)
     if v.scale is not None:
         raise InputError(f"cannot export {call.path}: its input is quantized already")
-    scale = float(call.module.scale)
     g.record(call.out, Value(quantize(g, v.name, scale, call.path), scale))
 
 
