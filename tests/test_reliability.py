@@ -304,7 +304,7 @@ def test_resume_falls_back_from_any_kind_of_damaged_last(tmp_path: Path) -> None
         archive.testzip()  # what used to escape as "run failed: NotImplementedError"
     warnings: list[str] = []
     point = find_resume_point(spec, "float", warn=warnings.append)
-    assert point.path.name == "float-checkpoint-step-4.pth.tar"
+    assert point.path.name == "float-checkpoint-step-0004.pth.tar"
     assert "corrupt" in warnings[0]
 
 

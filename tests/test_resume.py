@@ -412,7 +412,7 @@ def test_damaged_last_checkpoint_falls_back_to_an_intact_one(
     result = run(hat_cli, plugin_env, "resume", spec, "--stage", "float", "--work-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "checksum mismatch" in result.stderr
-    assert "float-checkpoint-step-70.pth.tar" in result.stderr
+    assert "float-checkpoint-step-0070.pth.tar" in result.stderr
     assert_same_final_state(float_reference / "float-checkpoint-last.pth.tar", last)
 
 
@@ -452,7 +452,7 @@ def test_resume_refuses_what_cannot_continue(
         tmp_path,
         "float",
         "--from",
-        str(float_reference / "float-checkpoint-step-130.pth.tar"),
+        str(float_reference / "float-checkpoint-step-0130.pth.tar"),
     )
     assert "does not fit the model (DigitsNet)" in message and "shape mismatch" in message
     qat = write_spec(
@@ -465,20 +465,20 @@ def test_resume_refuses_what_cannot_continue(
         tmp_path,
         "qat",
         "--from",
-        str(float_reference / "float-checkpoint-step-130.pth.tar"),
+        str(float_reference / "float-checkpoint-step-0130.pth.tar"),
     )
     assert "saved by stage 'float', not 'qat'" in message
 
 
 @pytest.mark.slow
 def test_the_three_resume_uses_of_the_seed(float_reference: Path, tmp_path: Path) -> None:
-    saved = torch.load(float_reference / "float-checkpoint-step-130.pth.tar", weights_only=True)
+    saved = torch.load(float_reference / "float-checkpoint-step-0130.pth.tar", weights_only=True)
     base = (
         HEADER
         + FLOAT_STAGE.replace("      - {type: KillSwitch}\n", "")
         + "    model_convert_pipeline:\n      converters:\n"
         + f"        - {{type: LoadCheckpoint, checkpoint_path: '{float_reference}/"
-        + "float-checkpoint-step-130.pth.tar'}\n"
+        + "float-checkpoint-step-0130.pth.tar'}\n"
     )
 
     def context(flags: str):

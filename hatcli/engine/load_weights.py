@@ -17,9 +17,17 @@ def _summarise(names: list[str], limit: int = 3) -> str:
 
 
 def load_weights(
-    model: nn.Module, checkpoint: dict[str, Any], source: str, *, strict: bool = True
+    model: nn.Module,
+    checkpoint: dict[str, Any],
+    source: str,
+    *,
+    allow_missing: bool = False,
+    allow_unexpected: bool = False,
 ) -> None:
     """Load ``checkpoint['state_dict']`` into ``model``; a mismatch names the tensors.
+
+    By default every model tensor must be in the checkpoint and nothing else; HAT's
+    ``allow_miss`` and ``ignore_extra`` relax one side each.
 
     A module's own state loads first and may reshape it (a QAT block absorbs the BN the
     saved one had absorbed), so the tensors are matched against the model as loaded.
@@ -39,8 +47,9 @@ def load_weights(
         raise CheckpointError(
             f"{source}: does not fit the model ({type(model).__name__}): {detail.splitlines()[0]}"
         ) from None
-    missing, unexpected = result.missing_keys, result.unexpected_keys
-    if strict and (missing or unexpected):
+    missing = [] if allow_missing else result.missing_keys
+    unexpected = [] if allow_unexpected else result.unexpected_keys
+    if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing {_summarise(missing)}")
@@ -51,5 +60,5 @@ def load_weights(
         raise CheckpointError(
             f"{source}: does not fit the model ({type(model).__name__}) as the pipeline has "
             f"built it so far{hint}: {'; '.join(parts)}; check the converter order, or set "
-            "strict: false"
+            "allow_miss / ignore_extra (strict: false for both)"
         )

@@ -53,6 +53,8 @@ def _assemble(node: Any, within: frozenset[str] = frozenset()) -> Any:
         ]
         names = [{"const": name} for name in sorted(plugins.components(kind))]
         out["anyOf"] = [*choices, {"enum": [n["const"] for n in names]}] if choices else []
+        if node.get("x-hat-nullable"):
+            out["anyOf"].append({"type": "null"})
     return out
 
 

@@ -52,7 +52,8 @@ class Spec:
             if key not in settings and key in self.data:
                 settings[key] = self.data[key]
                 paths[key] = (key,)
-        settings.setdefault("device", defaults.DEVICE)
+        if settings.get("device") is None:  # HAT's device=None: chosen for you
+            settings["device"] = defaults.DEVICE
         settings.setdefault("seed", self.seed)
         settings.setdefault("data", {})
         return StageSpec(name, self, settings, paths)

@@ -23,11 +23,27 @@ def did_you_mean(word: str, choices: list[str] | set[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+# HAT's names for keys hat names otherwise (or has no use for): the hint an unknown key
+# gets where the first name, a key of hat's, is allowed (so the hint is for that place).
+HAT_NAMES = {
+    "data_loader": ("data", "hat calls it 'data' (splits by name: train, val)"),
+    "type": ("trainer", "a stage's trainer is 'trainer' in hat"),
+    "keep_n": ("max_keep", "hat calls it 'max_keep'"),
+    "strict_match": ("name_prefix", "hat's Checkpoint always loads strictly; remove it"),
+}
+HAT_NULL_WHEN_NOT_TRAINING = {"data_loader"}
+"""Keys a HAT stage that does not train sets to None (``data_loader=None``): accepted."""
+NULLABLE_KEYWORD = "x-hat-nullable"
+"""A component place where null means none (HAT's ``optimizer=None``)."""
+
+
 def _component_keyword(
     validator: Any, kind: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[ValidationError]:
     """``x-hat-kind: KIND``: the node names an installed component of KIND."""
     singular = plugins.singular(kind)
+    if instance is None and schema.get(NULLABLE_KEYWORD):
+        return
     if isinstance(instance, str):
         instance = {"type": instance}
         type_path: tuple[str, ...] = ()
@@ -73,9 +89,11 @@ def _to_problems(error: ValidationError, positions: Positions) -> Iterator[Probl
         for key in error.instance:
             if key in allowed or any(re.search(p, key) for p in patterns):
                 continue
-            yield positions.problem(
-                (*path, key), f"unknown key {key!r}{did_you_mean(key, allowed)}", at_key=True
-            )
+            if _hat_null(key, error.instance, allowed):
+                continue
+            hat_name, hint = HAT_NAMES.get(key, ("", ""))
+            hint = f"; {hint}" if hat_name in allowed else did_you_mean(key, allowed)
+            yield positions.problem((*path, key), f"unknown key {key!r}{hint}", at_key=True)
         return
     if error.validator == "enum" and isinstance(error.instance, str):
         choices = error.validator_value if isinstance(error.validator_value, list) else []
@@ -94,6 +112,13 @@ def _to_problems(error: ValidationError, positions: Positions) -> Iterator[Probl
         )
         return
     yield positions.problem(path, error.message)
+
+
+def _hat_null(key: str, node: dict[str, Any], allowed: set[str]) -> bool:
+    """A HAT stage's ``data_loader: null`` in a stage that does not train."""
+    stage = "num_epochs" in allowed and "trainer" in allowed
+    not_training = not trains(node.get("num_epochs"), node.get("num_steps"))
+    return stage and key in HAT_NULL_WHEN_NOT_TRAINING and node[key] is None and not_training
 
 
 def _schema_problems(data: dict[str, Any], positions: Positions) -> list[Problem]:
@@ -130,7 +155,7 @@ def _stage_problems(data: dict[str, Any], positions: Positions) -> list[Problem]
         problems += _callbacks_the_stage_cannot_serve(stage, where, positions)
         if not trains(stage.get("num_epochs"), stage.get("num_steps")):
             continue
-        if "optimizer" not in stage and _trainer_needs_optimizer(stage):
+        if stage.get("optimizer") is None and _trainer_needs_optimizer(stage):
             problems.append(
                 positions.problem(where, "this stage trains but has no 'optimizer'", at_key=True)
             )

@@ -18,7 +18,8 @@ from hatcli.errors import CheckpointError, InputError
 class Checkpoint(Callback):
     """Saves ``last`` at every interval, on a signal and at the end; ``best`` when a
     validation result improves the monitored metric; with ``max_keep``, also the newest
-    interval checkpoints (``{name_prefix}checkpoint-step-N.pth.tar`` or ``-epoch-N``),
+    interval checkpoints (``{name_prefix}checkpoint-step-%04d.pth.tar`` or ``-epoch-%04d``,
+    as HAT names them),
     which ``hat resume`` falls back to if ``last`` is damaged.
 
     ``name_prefix`` defaults to ``"{stage}-"`` (HAT's configs write exactly that), so
@@ -36,7 +37,7 @@ class Checkpoint(Callback):
         save_dir: str | None = None,
         name_prefix: str | None = None,
         monitor_metric_key: str | None = None,
-        mode: str = "max",
+        mode: str | None = None,
         save_interval: int = 1,
         interval_by: str = "epoch",
         save_last: bool = True,
@@ -46,7 +47,9 @@ class Checkpoint(Callback):
         self.save_dir = Path(save_dir) if save_dir else None
         self.name_prefix = name_prefix
         self.monitor = monitor_metric_key
-        self.mode = mode
+        self.mode = mode or "max"
+        # HAT's Checkpoint with a mode and no key monitors the stage's validation metric.
+        self._monitor_the_metric = mode is not None and monitor_metric_key is None
         self.save_interval = save_interval
         self.interval_by = interval_by
         self.save_last = save_last
@@ -67,9 +70,16 @@ class Checkpoint(Callback):
         return self.checkpoint_files(ctx.stage, ctx.work_dir)
 
     def check(self, ctx: LoopContext) -> None:
+        known = [name for cb in ctx.callbacks for name in cb.metric_names()]
+        if self._monitor_the_metric:
+            if not known:
+                raise InputError(
+                    f"Checkpoint: mode {self.mode!r} compares a validation metric, and this "
+                    "stage computes none: add a Validation callback or leave mode out"
+                )
+            self.monitor = known[0]  # the first metric validation computes (accuracy)
         if self.monitor is None:
             return
-        known = [name for cb in ctx.callbacks for name in cb.metric_names()]
         if not known:
             raise InputError(
                 f"Checkpoint: monitor_metric_key {self.monitor!r} needs a Validation callback"
@@ -87,12 +97,12 @@ class Checkpoint(Callback):
 
     def on_step_end(self, ctx: LoopContext) -> None:
         due = self.interval_by == "step" and ctx.global_step % self.save_interval == 0
-        self._save(ctx, interval=f"step-{ctx.global_step}" if due else None, last=due)
+        self._save(ctx, interval=f"step-{ctx.global_step:04d}" if due else None, last=due)
 
     def on_epoch_end(self, ctx: LoopContext) -> None:
         finished = ctx.step_in_epoch == 0
         due = self.interval_by == "epoch" and finished and ctx.epoch % self.save_interval == 0
-        self._save(ctx, interval=f"epoch-{ctx.epoch}" if due else None, last=due)
+        self._save(ctx, interval=f"epoch-{ctx.epoch:04d}" if due else None, last=due)
 
     def on_interrupt(self, ctx: LoopContext) -> None:
         self._save(ctx, last=True)
@@ -163,7 +173,12 @@ SCHEMA = {
             "description": "Validation metric that decides 'best' (e.g. accuracy); "
             "without it, best is the latest.",
         },
-        "mode": {"enum": ["max", "min"], "default": "max"},
+        "mode": {
+            "enum": ["max", "min"],
+            "description": "Whether a higher or lower monitored metric is better (default "
+            "max); given without monitor_metric_key, the stage's validation metric is "
+            "monitored, as in HAT.",
+        },
         "save_interval": {"type": "integer", "minimum": 1, "default": 1},
         "interval_by": {"enum": ["epoch", "step"], "default": "epoch"},
         "save_last": {"type": "boolean", "default": True},
@@ -172,7 +187,8 @@ SCHEMA = {
             "type": "integer",
             "minimum": 0,
             "default": 0,
-            "description": "Also keep this many newest interval checkpoints (step-N / epoch-N).",
+            "description": "Also keep this many newest interval checkpoints (step-%04d / "
+            "epoch-%04d).",
         },
     },
 }

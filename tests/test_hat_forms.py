@@ -1,0 +1,116 @@
+"""What a HAT user's first spec contains: HAT's forms accepted with HAT's meaning, or
+refused with a hint that names hat's form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hat_callbacks.checkpoint import Checkpoint
+from torch import nn
+
+import hatcli
+from hatcli.engine.load_weights import load_weights
+from hatcli.errors import CheckpointError, InputError, SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = (ROOT / "examples" / "digits" / "spec.yaml").read_text()
+
+
+def load(tmp_path: Path, text: str) -> hatcli.Spec:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return hatcli.load_spec(path)
+
+
+def problems(tmp_path: Path, text: str) -> str:
+    with pytest.raises(SpecError) as caught:
+        load(tmp_path, text)
+    return str(caught.value)
+
+
+def test_null_device_optimizer_and_data_loader_as_a_hat_int_trainer_writes_them(
+    tmp_path: Path,
+) -> None:
+    text = EXAMPLE.replace("device: auto", "device: null").replace(
+        "    num_epochs: 0  #",
+        "    optimizer: null\n    lr_scheduler: null\n    data_loader: null\n"
+        "    device: null\n    num_epochs: 0  #",
+    )
+    spec = load(tmp_path, text)
+    assert spec.stage("int_infer").get("device") == "auto"
+    assert spec.stage("float").get("device") == "auto"
+
+
+def test_a_training_stage_with_a_null_optimizer_is_refused(tmp_path: Path) -> None:
+    text = EXAMPLE.replace(
+        "optimizer: {type: SGD, lr: 0.1, momentum: 0.9, weight_decay: 0.0005, nesterov: true}",
+        "optimizer: null",
+    )
+    assert "stages.float: this stage trains but has no 'optimizer'" in problems(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "    trainer: Trainer\n    model: *model",
+            "    trainer: Trainer\n    model: *model\n    data_loader: {type: Digits}",
+            "stages.float.data_loader: unknown key 'data_loader'; hat calls it 'data'",
+        ),
+        (
+            "    trainer: Trainer\n    model: *model",
+            "    type: Trainer\n    model: *model",
+            "stages.float.type: unknown key 'type'; a stage's trainer is 'trainer' in hat",
+        ),
+        (
+            "{type: Checkpoint, name_prefix: float-, monitor_metric_key: accuracy, mode: max}",
+            "{type: Checkpoint, name_prefix: float-, keep_n: 3}",
+            "unknown key 'keep_n'; hat calls it 'max_keep'",
+        ),
+        (
+            "{type: Checkpoint, name_prefix: float-, monitor_metric_key: accuracy, mode: max}",
+            "{type: Checkpoint, name_prefix: float-, strict_match: true}",
+            "unknown key 'strict_match'; hat's Checkpoint always loads strictly; remove it",
+        ),
+    ],
+    ids=["data_loader", "type", "keep_n", "strict_match"],
+)
+def test_hat_names_get_a_hint_naming_hats_form(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    assert old in EXAMPLE
+    assert message in problems(tmp_path, EXAMPLE.replace(old, new))
+
+
+class _Metrics:
+    def metric_names(self) -> list[str]:
+        return ["accuracy", "loss"]
+
+
+def test_checkpoint_with_mode_and_no_key_monitors_the_validation_metric() -> None:
+    checkpoint = Checkpoint(mode="max")
+    checkpoint.check(SimpleNamespace(callbacks=[_Metrics(), checkpoint]))  # type: ignore[arg-type]
+    assert checkpoint.monitor == "accuracy"
+    plain = Checkpoint()
+    plain.check(SimpleNamespace(callbacks=[_Metrics(), plain]))  # type: ignore[arg-type]
+    assert plain.monitor is None  # no mode: best is the latest, as before
+    alone = Checkpoint(mode="min")
+    with pytest.raises(InputError, match="computes none: add a Validation callback"):
+        alone.check(SimpleNamespace(callbacks=[alone]))  # type: ignore[arg-type]
+
+
+def test_load_checkpoint_allow_miss_and_ignore_extra_relax_one_side_each() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("1.")}
+    state["extra"] = torch.zeros(1)
+    saved = {"state_dict": state}
+    with pytest.raises(CheckpointError, match=r"missing 1\.weight, 1\.bias; unexpected extra"):
+        load_weights(model, saved, "c.pth.tar")
+    with pytest.raises(CheckpointError, match="unexpected extra"):
+        load_weights(model, saved, "c.pth.tar", allow_missing=True)
+    with pytest.raises(CheckpointError, match=r"missing 1\.weight"):
+        load_weights(model, saved, "c.pth.tar", allow_unexpected=True)
+    load_weights(model, saved, "c.pth.tar", allow_missing=True, allow_unexpected=True)
