@@ -45,7 +45,17 @@ _ELEMENTWISE_SAFE: set[Callable[..., Any]] = {
     torch.Tensor.cuda,
     torch.Tensor.to,
 }
-_PASS: set[Callable[..., Any]] = {torch.Tensor.__repr__, torch.Tensor.__format__}
+# Ops that read a QTensor without computing on its values. Under torch.jit.trace sizes
+# come back as tensors (so a trace follows the batch size): they pass as they are.
+_PASS: set[Callable[..., Any]] = {
+    torch.Tensor.__repr__,
+    torch.Tensor.__format__,
+    torch.Tensor.size,
+    torch.Tensor.dim,
+    torch.Tensor.numel,
+    torch.Tensor.shape.__get__,  # type: ignore[attr-defined]
+    torch.Tensor.ndim.__get__,  # type: ignore[attr-defined]
+}
 
 
 class QTensor(torch.Tensor):

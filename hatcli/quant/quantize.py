@@ -94,7 +94,7 @@ def convert(
     mapping: Mapping[type[nn.Module], Callable[[nn.Module], nn.Module]] | None = None,
 ) -> nn.Module:
     """QAT model -> integer model by ``QAT_TO_INTEGER``; float parts without a qconfig
-    stay float. BN still present in with-BN QAT modules is absorbed exactly."""
+    stay float (frozen). BN still present in with-BN QAT modules is absorbed exactly."""
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -104,4 +104,9 @@ def convert(
     def keep_float(m: nn.Module) -> bool:
         return type(m) not in qat_types and getattr(m, "qconfig", None) is None
 
-    return _swap(model, "", table, keep_float, "integer")
+    integer = _swap(model, "", table, keep_float, "integer")
+    # What stays float (a float island's LayerNorm) is frozen with the rest: the
+    # integer model cannot train, and its stubs refuse inputs that need a gradient.
+    for p in integer.parameters():
+        p.requires_grad_(False)
+    return integer

@@ -316,3 +316,14 @@ def test_eager_preparation_is_unchanged_for_a_model_with_hats_methods() -> None:
     eager = prepare_qat(model, "fuse_bn")
     assert not isinstance(eager, torch.fx.GraphModule)
     assert any(isinstance(m, quantized.Conv2d) for m in convert(eager).modules())
+
+
+def test_the_integer_model_traces_with_shapes_read_at_run_time() -> None:
+    """``y.size()`` and ``x.shape`` on integer activations under torch.jit.trace (sizes
+    come back as tensors there), and the trace follows the batch size."""
+    qat_model = prepare(Islands(), "fuse_bn")
+    _train(qat_model, 1)
+    integer = convert(copy.deepcopy(qat_model.eval()))
+    traced = torch.jit.trace(integer, torch.randn(2, 3, 16, 16), check_trace=False)
+    x = torch.randn(5, 3, 16, 16)
+    assert torch.equal(traced(x), integer(x))
