@@ -24,6 +24,7 @@ import torch
 
 from hatcli import plugins
 from hatcli.spec.schema import COMMON_KEYWORD, KIND_KEYWORD, base_schema
+from hatcli.spec.validate import NULLABLE_KEYWORD
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "spec-reference.md"
@@ -140,7 +141,8 @@ class Page:
         node = resolve(raw, self.root)
         link = f" ([keys](#{self.anchors[raw['$ref']]}))" if raw.get("$ref") in self.anchors else ""
         if KIND_KEYWORD in node:
-            return f"{a_kind(node[KIND_KEYWORD])}: a name, or a mapping with `type`"
+            text = f"{a_kind(node[KIND_KEYWORD])}: a name, or a mapping with `type`"
+            return text + (", or `null` for none" if node.get(NULLABLE_KEYWORD) else "")
         if "const" in node:
             return literal(node["const"])
         if "enum" in node:
