@@ -191,13 +191,13 @@ def function_of(fn: Callable[..., Any]) -> tuple[Builder, dict[str, Any]] | None
 # --- float modules of a float island ---------------------------------------------------
 
 
+_NOT_FLOAT = "a quantized activation (a DeQuantStub is missing)"
+
+
 def _float_input(g: Graph, call: Call[nn.Module]) -> Value:
     v = g.value(call.input, call.what)
-    if v.scale is not None or v.int32_scale is not None:
-        raise InputError(
-            f"cannot export {call.what}: a float module reads a quantized activation "
-            "(a DeQuantStub is missing)"
-        )
+    if v.quantized:
+        raise InputError(f"cannot export {call.what}: a float module reads {_NOT_FLOAT}")
     return v
 
 
@@ -262,10 +262,10 @@ FLOAT_EMITTERS: dict[type[nn.Module], Emitter] = {
 
 def _float_operand(g: Graph, call: TorchCall, a: Any) -> str:
     """A recorded float value, or a constant (a number, a tensor not from the input)."""
-    if isinstance(a, torch.Tensor) and id(a) in g.values:
+    if g.recorded(a):
         v = g.values[id(a)]
-        if v.scale is not None or v.int32_scale is not None:
-            raise call.refuse("it computes with a quantized activation (a DeQuantStub is missing)")
+        if v.quantized:
+            raise call.refuse(f"it computes with {_NOT_FLOAT}")
         return v.name
     if isinstance(a, torch.Tensor):
         return g.const(f"{call.op}.constant", a.detach().float().cpu().numpy())

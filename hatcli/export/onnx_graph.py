@@ -38,6 +38,11 @@ class Value:
     # For an int32 value (integer-op graphs): its per-channel scale and axis.
     int32_scale: tuple[torch.Tensor, int] | None = None
 
+    @property
+    def quantized(self) -> bool:
+        """int8, or int32 with a scale per channel (else float)."""
+        return self.scale is not None or self.int32_scale is not None
+
 
 @dataclass(frozen=True)
 class Call(Generic[M]):

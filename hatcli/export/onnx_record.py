@@ -223,7 +223,7 @@ class _Recording:
         a shape op on any value, or a float island's function of float values."""
         v = self.graph.values[id(call.source)]
         emitter = SHAPE_OPS.get(call.func)
-        if emitter is None and v.scale is None and v.int32_scale is None:
+        if emitter is None and not v.quantized:
             emitter = FLOAT_FUNCTIONS.get(call.func)
             if emitter is None:
                 raise call.refuse("no ONNX form for this float function")
