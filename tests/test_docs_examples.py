@@ -4,6 +4,7 @@ and the page's spec trains with them."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import tomllib
@@ -123,3 +124,24 @@ def test_the_packaging_example_names_the_hat_entry_point_group() -> None:
     ((_, toml_text),) = blocks("toml")
     project = tomllib.loads(toml_text)["project"]
     assert project["entry-points"]["hat"] == {"tiny": "hat_tiny"}
+
+
+EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "hat_plugin_example"
+
+
+@pytest.mark.slow
+def test_the_example_plugin_runs_all_four_stages(plugin, tmp_path: Path) -> None:
+    """TinyMLP has no quantization code: graph mode takes it through every stage, and
+    the integer model's accuracy is the one QAT validation reported."""
+    source = EXAMPLE_PLUGIN / "hat_plugin_example" / "__init__.py"
+    spec_of_module = importlib.util.spec_from_file_location("hat_plugin_example", source)
+    assert spec_of_module is not None and spec_of_module.loader is not None
+    module = importlib.util.module_from_spec(spec_of_module)
+    spec_of_module.loader.exec_module(module)
+    plugin(module, "example")
+    spec = hatcli.load_spec(EXAMPLE_PLUGIN / "spec.yaml", work_dir=tmp_path)
+    assert spec.stage_names == ["float", "calibration", "qat", "int_infer"]
+    summaries = {stage: hatcli.run_stage(spec, stage) for stage in spec.stage_names}
+    assert summaries["float"]["metrics"]["accuracy"] > 0.5  # chance is 0.1
+    assert summaries["int_infer"]["metrics"] == summaries["qat"]["metrics"]
+    assert (tmp_path / "int_infer-traced.pt").is_file()

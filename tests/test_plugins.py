@@ -550,7 +550,7 @@ def test_third_party_example_spec_validates(example_site: Path, run_hat, tmp_pat
     env = {"PYTHONPATH": str(example_site)}
     result = run_hat("validate", EXAMPLE / "spec.yaml", env=env)
     assert result.returncode == 0, result.stderr
-    assert "ok (float)" in result.stderr
+    assert "ok (float, calibration, qat, int_infer)" in result.stderr
 
     text = (EXAMPLE / "spec.yaml").read_text()
     assert text.count("hidden: 32") == 1

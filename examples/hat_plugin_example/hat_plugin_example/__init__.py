@@ -1,4 +1,8 @@
-"""An example third-party hat plugin: TinyMLP, a two-layer perceptron for 8x8 digits."""
+"""An example third-party hat plugin: TinyMLP, a two-layer perceptron for 8x8 digits.
+
+TinyMLP is plain PyTorch: hat's Float2QAT quantizes it by tracing (graph mode), so the
+plugin holds no quantization code and the example spec runs all four stages.
+"""
 
 from __future__ import annotations
 
