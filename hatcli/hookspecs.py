@@ -88,6 +88,13 @@ def hat_register_losses(register: Register) -> None:
 
 
 @hookspec
+def hat_register_batch_processors(register: Register) -> None:
+    """Register batch processors (HAT's ``batch_processor``): ``factory(**params) ->
+    hatcli.engine.batch_processor.BatchProcessor``, whose ``loss(...)`` turns a training
+    batch into its loss."""
+
+
+@hookspec
 def hat_register_exporters(register: Register) -> None:
     """Register formats of ``hat export --format NAME``: ``factory() -> hatcli.export.Exporter``
     (called with no arguments; see ``hatcli/export/exporter.py``)."""

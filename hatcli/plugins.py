@@ -35,6 +35,7 @@ KINDS = (
     "optimizers",
     "lr_schedulers",
     "losses",
+    "batch_processors",
     "exporters",
 )
 # What one component of each kind is called in messages ("unknown loss", not "losse").
@@ -48,6 +49,7 @@ SINGULAR = {
     "optimizers": "optimizer",
     "lr_schedulers": "lr scheduler",
     "losses": "loss",
+    "batch_processors": "batch processor",
     "exporters": "exporter",
 }
 

@@ -3,6 +3,7 @@ refused with a hint that names hat's form."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,3 +115,66 @@ def test_load_checkpoint_allow_miss_and_ignore_extra_relax_one_side_each() -> No
     with pytest.raises(CheckpointError, match=r"missing 1\.weight"):
         load_weights(model, saved, "c.pth.tar", allow_unexpected=True)
     load_weights(model, saved, "c.pth.tar", allow_missing=True, allow_unexpected=True)
+
+
+SELF_LOSS_PLUGIN = '''
+import torch
+import hatcli
+
+class SelfLoss(torch.nn.Module):
+    """Returns its losses in training, as HAT's detection models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+    def forward(self, x, y=None):
+        logits = self.net(x)
+        if self.training:
+            ce = torch.nn.functional.cross_entropy(logits, y)
+            return {"ce": ce, "l2": 1e-3 * self.net[1].weight.square().sum()}
+        return logits
+
+@hatcli.hookimpl
+def hat_register_models(register):
+    register("SelfLoss", SelfLoss, {"type": "object", "additionalProperties": False})
+'''
+
+SELF_LOSS_SPEC = """\
+version: 1
+name: self_loss
+work_dir: WORK_DIR
+model: {type: SelfLoss}
+data:
+  train: {type: Digits, split: train, batch_size: 64, shuffle: true}
+  val: {type: Digits, split: val, batch_size: 512}
+stages:
+  float:
+    batch_processor: PROCESSOR
+    optimizer: {type: SGD, lr: 0.1}
+    num_epochs: 2
+    callbacks: [{type: Validation}]
+"""
+
+
+@pytest.mark.slow
+def test_a_model_that_returns_its_losses_trains_with_model_returns_loss(
+    plugin, tmp_path: Path
+) -> None:
+    import types
+
+    from hatcli.engine.stage import run_stage
+
+    module = types.ModuleType("self_loss_plugin")
+    exec(SELF_LOSS_PLUGIN, module.__dict__)
+    plugin(module, "self_loss_plugin")
+    text = SELF_LOSS_SPEC.replace("WORK_DIR", str(tmp_path / "w"))
+    spec = load(tmp_path, text.replace("PROCESSOR", "ModelReturnsLoss"))
+    summary = run_stage(spec, "float")
+    assert summary["metrics"]["accuracy"] > 0.8  # trained on the summed losses
+    log = [json.loads(line) for line in (tmp_path / "w/float/metrics.jsonl").open()]
+    losses = [r["loss"] for r in log if r["event"] == "train"]
+    assert losses[-1] < losses[0]
+    basic = load(tmp_path, text.replace("PROCESSOR", "BasicBatchProcessor"))
+    with pytest.raises(TypeError):  # model(x) in training: no targets to compute losses
+        run_stage(basic, "float")

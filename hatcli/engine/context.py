@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hatcli.engine.batch_processor import BasicBatchProcessor, BatchProcessor
 from hatcli.engine.callback import Callback
 from hatcli.errors import RunError
 from hatcli.spec import defaults
@@ -36,6 +37,8 @@ class LoopContext:
     """The stage's data splits by name (``train``, ``val``, ...)."""
     loss_fn: nn.Module
     """Called as ``loss_fn(outputs, targets)``."""
+    batch_processor: BatchProcessor = field(default_factory=BasicBatchProcessor)
+    """Turns a training batch into its loss (HAT's ``batch_processor``)."""
     optimizer: torch.optim.Optimizer | None = None
     """None in a stage without ``optimizer`` (calibration, int_infer)."""
     lr_scheduler: Any = None

@@ -13,7 +13,6 @@ from torch import nn
 from hatcli.engine import distributed
 from hatcli.engine.context import LoopContext
 from hatcli.engine.data_checks import (
-    checked_forward,
     data_name,
     named_batches,
     refuse_non_finite_inputs,
@@ -132,7 +131,7 @@ class Trainer:
         data = data_name(ctx.data_loaders.get("train"), "train")
         when = f"epoch {ctx.epoch}, step {ctx.global_step + 1}"
         model = ctx.forward_model or ctx.model
-        _, loss = checked_forward(model, ctx.loss_fn, inputs, targets, data, when, ctx.model)
+        loss = ctx.batch_processor.loss(model, inputs, targets, ctx.loss_fn, data, when, ctx.model)
         value = loss.item()
         if not math.isfinite(value):
             refuse_non_finite_inputs(inputs, data, when)

@@ -192,6 +192,12 @@ def build_context(
         loss_fn=build_component(
             "losses", stage.get("loss", defaults.LOSS), stage.where("loss"), spec.positions
         ),
+        batch_processor=build_component(
+            "batch_processors",
+            stage.get("batch_processor") or defaults.BATCH_PROCESSOR,
+            stage.where("batch_processor"),
+            spec.positions,
+        ),
         num_epochs=stage.get("num_epochs"),
         num_steps=stage.get("num_steps"),
         qat_mode=convert.qat_mode,

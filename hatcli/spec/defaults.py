@@ -23,6 +23,7 @@ NUM_WORKERS = 0
 TRAINER = "Trainer"
 QAT_MODE = "fuse_bn"
 LOSS = "CrossEntropyLoss"
+BATCH_PROCESSOR = "BasicBatchProcessor"
 RESUME_OPTIMIZER = False
 RESUME_EPOCH_OR_STEP = False
 LOG_INTERVAL = 10
@@ -39,6 +40,7 @@ IN_SCHEMA: dict[str, Any] = {
     "/$defs/stage/properties/trainer": TRAINER,
     "/$defs/stage/properties/model_convert_pipeline/properties/qat_mode": QAT_MODE,
     "/$defs/stage/properties/loss": LOSS,
+    "/$defs/stage/properties/batch_processor": BATCH_PROCESSOR,
     "/$defs/stage/properties/resume_optimizer": RESUME_OPTIMIZER,
     "/$defs/stage/properties/resume_epoch_or_step": RESUME_EPOCH_OR_STEP,
     "/$defs/stage/properties/log_interval": LOG_INTERVAL,

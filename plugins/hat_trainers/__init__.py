@@ -1,4 +1,4 @@
-"""Built-in training loops."""
+"""Built-in training loops and batch processors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from hat_trainers import ddp
 from hat_trainers.calibrator import Calibrator
+from hatcli.engine.batch_processor import BasicBatchProcessor, ModelReturnsLoss
 from hatcli.engine.loop import Trainer
 from hatcli.hookspecs import hookimpl
 
@@ -21,4 +22,15 @@ def hat_register_trainers(register: Any) -> None:
         ddp.DistributedDataParallelTrainer,
         ddp.SCHEMA,
         "torch.distributed DDP: hat train --nproc N, or torchrun",
+    )
+
+
+@hookimpl
+def hat_register_batch_processors(register: Any) -> None:
+    register("BasicBatchProcessor", BasicBatchProcessor, SCHEMA, "loss(model(x), y)")
+    register(
+        "ModelReturnsLoss",
+        ModelReturnsLoss,
+        SCHEMA,
+        "model(x, y) returns its loss (or a dict of losses, summed) in training",
     )
