@@ -327,3 +327,27 @@ def test_the_integer_model_traces_with_shapes_read_at_run_time() -> None:
     traced = torch.jit.trace(integer, torch.randn(2, 3, 16, 16), check_trace=False)
     x = torch.randn(5, 3, 16, 16)
     assert torch.equal(traced(x), integer(x))
+
+
+class ResidualOut(nn.Module):
+    """A conv whose residual add is the model's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 3, padding=1)
+        self.b = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a(x)
+        return self.b(x) + x
+
+
+def test_a_conv_add_at_the_output_keeps_an_int8_output() -> None:
+    default = prepare(ResidualOut(), "fuse_bn")
+    assert default.get_submodule("b").activation_post_process is not None
+    qat_model = prepare(ResidualOut(), "fuse_bn", qconfig={"modules": {"b": "int8_out"}})
+    assert isinstance(qat_model.get_submodule("b"), qat.ConvBNAdd2d)
+    assert qat_model.get_submodule("b").activation_post_process is not None
+    assert "needs an output scale" in {r.name: r for r in records(qat_model)}["b"].qconfig
+    _train(qat_model)
+    _integer_equals_qat_eval(qat_model)

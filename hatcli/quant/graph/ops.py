@@ -41,6 +41,7 @@ class Replacement:
     how: str = "int8"
     requantizes: bool = True  # False: keeps its input's scale (no output fake-quant)
     weighted: bool = False  # a conv or linear: int32 out when it feeds the model output
+    has_residual: bool = False  # a conv with a residual add: always an int8 output
     quantizes_inputs: bool = True
     type_names: list[str] = field(default_factory=list)  # more names for qconfig ``types``
 

@@ -237,6 +237,10 @@ class _Preparer:
             qconfig = get_default_qat_qconfig()
         if how == DEFAULT and rep.weighted and self._feeds_only_output(node):
             qconfig, how = get_default_qat_out_qconfig(), "default int32 out (model output)"
+        if rep.has_residual and qconfig.activation is None:
+            # The integer conv adds its residual on the output grid: it needs one.
+            qconfig = QConfig(get_default_qat_qconfig().activation, qconfig.weight)
+            how += "; int8 out: a conv with a residual add needs an output scale"
         new_module = rep.make(qconfig)
         if rep.quantizes_inputs:
             args = [self._map(a, self.quantized_input) for a in rep.inputs]
@@ -320,6 +324,7 @@ class _Preparer:
             KEEPS_SCALE if keeps else _how_module(factory),
             not keeps,
             weighted=issubclass(factory, (qat.Conv2d, qat.Linear, qat.ConvTranspose2d)),
+            has_residual=issubclass(factory, qat.ConvBNAdd2d),
         )
         if factory is qat.QuantStub:
             # The model's own QuantStub: its input is float by definition.
