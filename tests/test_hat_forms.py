@@ -14,7 +14,7 @@ from torch import nn
 
 import hatcli
 from hatcli.engine.load_weights import load_weights
-from hatcli.errors import CheckpointError, InputError, SpecError
+from hatcli.errors import CheckpointError, SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = (ROOT / "examples" / "digits" / "spec.yaml").read_text()
@@ -99,8 +99,8 @@ def test_checkpoint_with_mode_and_no_key_monitors_the_validation_metric() -> Non
     plain.check(SimpleNamespace(callbacks=[_Metrics(), plain]))  # type: ignore[arg-type]
     assert plain.monitor is None  # no mode: best is the latest, as before
     alone = Checkpoint(mode="min")
-    with pytest.raises(InputError, match="computes none: add a Validation callback"):
-        alone.check(SimpleNamespace(callbacks=[alone]))  # type: ignore[arg-type]
+    alone.check(SimpleNamespace(callbacks=[alone]))  # type: ignore[arg-type]
+    assert alone.monitor is None  # no validation: best is the latest, as in HAT
 
 
 def test_load_checkpoint_allow_miss_and_ignore_extra_relax_one_side_each() -> None:

@@ -71,13 +71,10 @@ class Checkpoint(Callback):
 
     def check(self, ctx: LoopContext) -> None:
         known = [name for cb in ctx.callbacks for name in cb.metric_names()]
-        if self._monitor_the_metric:
-            if not known:
-                raise InputError(
-                    f"Checkpoint: mode {self.mode!r} compares a validation metric, and this "
-                    "stage computes none: add a Validation callback or leave mode out"
-                )
-            self.monitor = known[0]  # the first metric validation computes (accuracy)
+        if self._monitor_the_metric and known:
+            # The first metric validation computes (accuracy); with none, as in HAT,
+            # best is the latest state saved.
+            self.monitor = known[0]
         if self.monitor is None:
             return
         if not known:
