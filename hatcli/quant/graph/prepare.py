@@ -380,9 +380,9 @@ def _how_module(factory: Any) -> str:
 
 def _value_name(node: fx.Node) -> tuple[str, str]:
     """Where a stub for ``node``'s value goes, and its name stem: beside the module
-    that made the value (``layer1.fc`` -> ``layer1``, ``fc``), else in the calling
-    module under the node's name."""
-    if node.op == "call_module":
+    that made the value or the parameter read (``layer1.fc`` -> ``layer1``, ``fc``),
+    else in the calling module under the node's name."""
+    if node.op in ("call_module", "get_attr"):  # a module's output, or a parameter
         parent, _, leaf = str(node.target).rpartition(".")
         return parent, leaf
     return node.meta.get(SCOPE, ""), node.name
