@@ -41,10 +41,21 @@ def hat_register_models(register: Register) -> None:
 def hat_register_datasets(register: Register) -> None:
     """Register datasets: ``factory(**params) -> Dataset`` of ``(input, target)`` pairs.
 
-    The spec's ``batch_size``, ``shuffle``, ``drop_last`` and ``num_workers`` go to the
-    DataLoader, not to the factory. A dataset may set ``source`` (a path) to be named in
-    messages about its data, and raises ``hatcli.errors.DataError`` for unreadable items.
+    The spec's ``batch_size``, ``shuffle``, ``drop_last``, ``num_workers``,
+    ``pin_memory``, ``persistent_workers``, ``prefetch_factor`` and ``transforms`` go to
+    the DataLoader, not to the factory. A dataset may set ``source`` (a path) to be named
+    in messages about its data, and raises ``hatcli.errors.DataError`` for unreadable
+    items. An image dataset may define ``image(index) -> (PIL.Image.Image, target)``: a
+    split with ``transforms`` then gets the image before any conversion to a tensor.
     """
+
+
+@hookspec
+def hat_register_transforms(register: Register) -> None:
+    """Register per-sample data transforms (a split's ``transforms`` list):
+    ``factory(**params) -> hatcli.engine.transforms.Transform``, called as
+    ``transform(sample, generator)`` on a PIL image or a tensor; every random draw comes
+    from ``generator`` (seeded per sample from the seed, epoch, rank and index)."""
 
 
 @hookspec

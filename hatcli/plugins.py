@@ -28,6 +28,7 @@ PLUGINS_DIR_ENV = "HAT_PLUGINS_DIR"
 KINDS = (
     "models",
     "datasets",
+    "transforms",
     "converters",
     "callbacks",
     "trainers",
@@ -42,6 +43,7 @@ KINDS = (
 SINGULAR = {
     "models": "model",
     "datasets": "dataset",
+    "transforms": "transform",
     "converters": "converter",
     "callbacks": "callback",
     "trainers": "trainer",

@@ -29,9 +29,10 @@ from hatcli.engine.load_weights import load_weights
 from hatcli.engine.loop import Trainer
 from hatcli.engine.progress import ProgressReporter
 from hatcli.engine.resume import ResumePoint
-from hatcli.engine.sampler import EpochSampler
+from hatcli.engine.sampler import EpochSampler, WorkerSeeder
 from hatcli.engine.state import restore_training_state
 from hatcli.engine.training_log import TrainingLog, truncate_log
+from hatcli.engine.transforms import TransformedDataset
 from hatcli.engine.work_dir_lock import locked_stages
 from hatcli.errors import InputError
 from hatcli.quant.graph.report import OpRecord
@@ -41,7 +42,16 @@ from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.spec import defaults
 from hatcli.spec.spec import Spec, StageSpec
 
-LOADER_KEYS = ("batch_size", "shuffle", "drop_last", "num_workers")
+LOADER_KEYS = (
+    "batch_size",
+    "shuffle",
+    "drop_last",
+    "num_workers",
+    "pin_memory",
+    "persistent_workers",
+    "prefetch_factor",
+    "transforms",
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -106,6 +116,12 @@ def build_data_loader(
     node = splits[split]
     dataset = build_component("datasets", node, (*where, split), spec.positions, drop=LOADER_KEYS)
     settings = node if isinstance(node, dict) else {}
+    transforms = [
+        build_component("transforms", item, (*where, split, "transforms", index), spec.positions)
+        for index, item in enumerate(settings.get("transforms") or [])
+    ]
+    if transforms:
+        dataset = TransformedDataset(dataset, transforms, seed, distributed.rank())
     sampler = EpochSampler(
         dataset,
         bool(settings.get("shuffle", defaults.SHUFFLE)),
@@ -113,17 +129,48 @@ def build_data_loader(
         rank=distributed.rank(),
         world_size=distributed.world_size(),
         pad=split == "train",  # training ranks take equal steps; evaluation splits exactly
+        keyed=bool(transforms),  # (index, epoch): each sample's random draws are its own
     )
+    workers = loader_workers(settings.get("num_workers", defaults.NUM_WORKERS))
     return DataLoader(
         dataset,
         batch_size=int(settings.get("batch_size", defaults.BATCH_SIZE)),
         sampler=sampler,
         drop_last=bool(settings.get("drop_last", defaults.DROP_LAST)),
-        num_workers=int(settings.get("num_workers", defaults.NUM_WORKERS)),
+        num_workers=workers,
+        # Page-locked memory only helps copies to a GPU (torch warns without one).
+        pin_memory=torch.cuda.is_available()
+        and bool(settings.get("pin_memory", defaults.PIN_MEMORY)),
+        persistent_workers=workers > 0
+        and bool(settings.get("persistent_workers", defaults.PERSISTENT_WORKERS)),
+        prefetch_factor=settings.get("prefetch_factor") if workers > 0 else None,
+        worker_init_fn=WorkerSeeder(seed, sampler) if workers > 0 else None,
         # Its own generator: iterating must not draw from the global RNG, or a resumed
         # run's random state would drift from the uninterrupted one.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), or all of the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def local_ranks() -> int:
+    """Processes of this run on this machine (``--nproc``, torchrun's LOCAL_WORLD_SIZE)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or distributed.launched_world_size()))
+
+
+def loader_workers(asked: int | str) -> int:
+    """``num_workers``: as given, or for ``auto`` this process's share of the cores
+    (0, loading in the training process, when that share is a single core)."""
+    if asked != "auto":
+        return int(asked)
+    share = available_cores() // local_ranks()
+    return share if share > 1 else 0
 
 
 def _build_callbacks(spec: Spec, stage: StageSpec) -> list[Callback]:

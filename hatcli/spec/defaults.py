@@ -18,6 +18,8 @@ BATCH_SIZE = 32
 SHUFFLE = False
 DROP_LAST = False
 NUM_WORKERS = 0
+PIN_MEMORY = False
+PERSISTENT_WORKERS = False
 
 # Stage keys.
 TRAINER = "Trainer"
@@ -27,6 +29,8 @@ BATCH_PROCESSOR = "BasicBatchProcessor"
 RESUME_OPTIMIZER = False
 RESUME_EPOCH_OR_STEP = False
 LOG_INTERVAL = 10
+AMP = "off"
+CHANNELS_LAST = False
 
 # Each default by its JSON pointer in schemas/hat.schema.json.
 IN_SCHEMA: dict[str, Any] = {
@@ -37,6 +41,8 @@ IN_SCHEMA: dict[str, Any] = {
     "/$defs/data_loader/x-hat-common/shuffle": SHUFFLE,
     "/$defs/data_loader/x-hat-common/drop_last": DROP_LAST,
     "/$defs/data_loader/x-hat-common/num_workers": NUM_WORKERS,
+    "/$defs/data_loader/x-hat-common/pin_memory": PIN_MEMORY,
+    "/$defs/data_loader/x-hat-common/persistent_workers": PERSISTENT_WORKERS,
     "/$defs/stage/properties/trainer": TRAINER,
     "/$defs/stage/properties/model_convert_pipeline/properties/qat_mode": QAT_MODE,
     "/$defs/stage/properties/loss": LOSS,
@@ -44,4 +50,6 @@ IN_SCHEMA: dict[str, Any] = {
     "/$defs/stage/properties/resume_optimizer": RESUME_OPTIMIZER,
     "/$defs/stage/properties/resume_epoch_or_step": RESUME_EPOCH_OR_STEP,
     "/$defs/stage/properties/log_interval": LOG_INTERVAL,
+    "/$defs/stage/properties/amp": AMP,
+    "/$defs/stage/properties/channels_last": CHANNELS_LAST,
 }

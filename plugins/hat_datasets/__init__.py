@@ -1,10 +1,10 @@
-"""Built-in datasets: the bundled digits, image folders and .npz arrays."""
+"""Built-in datasets: the bundled digits, image folders, .npz arrays and CIFAR-10."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hat_datasets import digits, image_folder, npz_arrays
+from hat_datasets import cifar10, digits, image_folder, npz_arrays
 from hatcli.hookspecs import hookimpl
 
 
@@ -18,3 +18,4 @@ def hat_register_datasets(register: Any) -> None:
         "Images in one sub-folder per class",
     )
     register("NpzArrays", npz_arrays.npz_arrays, npz_arrays.SCHEMA, "Arrays in a .npz file")
+    register("Cifar10", cifar10.Cifar10, cifar10.SCHEMA, "CIFAR-10, binary distribution")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ from torch.utils.data import Dataset
 
 from hatcli.errors import DataError
 
+T = TypeVar("T")
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -76,8 +79,19 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         return (tensor - self.mean) / self.std, target
 
+    def image(self, index: int) -> tuple[Image.Image, int]:
+        """The sample as a PIL image (``grayscale`` applied, resized to ``image_size`` if
+        set), for a split's ``transforms``; ``mean`` and ``std`` are not applied (list a
+        ``Normalize``)."""
+        path, target = self.samples[index]
+        return self._open(path, lambda image: image.copy()), target
+
     def _read(self, path: Path) -> np.ndarray:
         """The image as HxW or HxWxC floats in [0, 1], resized to ``image_size`` if set."""
+        return self._open(path, lambda image: np.asarray(image, dtype=np.float32) / 255.0)
+
+    def _open(self, path: Path, take: Callable[[Image.Image], T]) -> T:
+        """``take`` of the image at ``path``, converted to ``mode`` and resized."""
         try:
             with warnings.catch_warnings():
                 # Pillow only warns between its pixel limit and twice that; refuse both.
@@ -87,7 +101,7 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
                     if self.size is not None and image.size != (self.size[1], self.size[0]):
                         size = (self.size[1], self.size[0])
                         image = image.resize(size, Image.Resampling.BILINEAR)
-                    return np.asarray(image, dtype=np.float32) / 255.0
+                    return take(image)
         except (
             UnidentifiedImageError,
             OSError,
