@@ -365,6 +365,89 @@ def export(
         err.print(line, markup=False)
 
 
+@app.command(short_help="Find the layers that cost accuracy; a report and what to change.")
+def analyze(
+    spec: SpecArg,
+    stage: Annotated[
+        str,
+        typer.Option(
+            "--stage", "-s", help="A calibration, qat or int_infer stage.", metavar="STAGE"
+        ),
+    ],
+    batches: Annotated[
+        int | None,
+        typer.Option(
+            "--batches",
+            "-n",
+            help="Batches of the 'val' split [default: up to 2048 samples, or all of it].",
+            show_default=False,
+            metavar="N",
+        ),
+    ] = None,
+    no_sensitivity: Annotated[
+        bool,
+        typer.Option("--no-sensitivity", help="Skip the per-layer metric passes.", metavar=""),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Default: {work_dir}/analysis/{stage}.", metavar="DIR"),
+    ] = None,
+    work_dir: WorkDirOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Measure a quantized stage's model layer by layer (float, QAT and integer; the
+    validation metric's sensitivity to each layer), write an HTML report, and print a
+    qconfig rule for each of the five worst layers."""
+    from hatcli.analyze import (
+        analyze_stage,
+        output_folder,
+        require_plotting,
+        summary_lines,
+        write_outputs,
+    )
+    from hatcli.analyze.progress import progress_bar
+    from hatcli.spec.spec import load_spec
+
+    _guard(require_plotting)
+    if batches is not None and batches < 1:
+        _fail([f"error: --batches: must be at least 1, got {batches}"], 2)
+    loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
+    if stage not in loaded.stage_names:
+        known = ", ".join(loaded.stage_names)
+        _fail([f"error: --stage: no stage {stage!r} in {spec}; choose from: {known}"], 2)
+    folder = _guard(lambda: output_folder(loaded, stage, output))
+
+    def run() -> Any:
+        with progress_bar(err) as bar:
+            found = analyze_stage(
+                loaded, stage, batches=batches, sensitivity=not no_sensitivity, progress=bar
+            )
+        write_outputs(found, folder)
+        return found
+
+    for line in summary_lines(_guard(run, verbose)):
+        typer.echo(line)
+
+
+@app.command(short_help="Draw the loss and validation metrics of every stage to curves.png.")
+def plot(
+    spec: SpecArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Default: {work_dir}/curves.png.", metavar="FILE"),
+    ] = None,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Draw the stages' metrics.jsonl on one time axis, a band per stage: training and
+    validation loss above, the other validation metrics below, last values written."""
+    from hatcli.curves import draw_spec, require_matplotlib
+    from hatcli.spec.spec import load_spec
+
+    _guard(require_matplotlib)
+    loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
+    typer.echo(str(_guard(lambda: draw_spec(loaded, output))))
+
+
 @app.command("plugins", short_help="The installed plugins and the components each gives.")
 def list_plugins(
     as_json: Annotated[
