@@ -14,6 +14,7 @@ import torch
 from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias
 from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.nn import qat
+from hatcli.quant.nn.quantized import kernels
 from hatcli.quant.nn.quantized.base import clamp_bounds
 from hatcli.quant.nn.quantized.int_matmul import (
     FLOAT32_EXACT,
@@ -33,6 +34,12 @@ from hatcli.quant.qat_mode import QATMode
 from hatcli.quant.qtensor import QTensor
 
 _CHUNK_ROWS = 16384
+ONEDNN_MIN_MACS = 2**26
+ONEDNN_MIN_OUTPUTS = 2**19
+"""Layers with fewer multiply-accumulates and fewer outputs than these per call take the
+reference path: oneDNN compiles a kernel per shape on first use (tens to hundreds of
+milliseconds) and the first use runs the self-test (~1 s), which only larger layers repay
+(small models, as the tests', never pay it). Both paths give the same integers."""
 
 
 class Conv2d(WeightedIntegerModule):
@@ -58,6 +65,8 @@ class Conv2d(WeightedIntegerModule):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups = groups
         self._float32_exact: bool | None = None  # depthwise weights bound sums below 2**24
+        self._packed: tuple[tuple[int, int], kernels.PackedConv] | None = None
+        self._fused: dict[tuple[float | int | None, ...], kernels.FusedParams | None] = {}
 
     @classmethod
     def from_qat(cls, mod: qat.Conv2d) -> Conv2d:
@@ -87,6 +96,8 @@ class Conv2d(WeightedIntegerModule):
     def _forget(self) -> None:
         super()._forget()
         self._float32_exact = None
+        self._packed = None
+        self._fused.clear()
 
     def _accumulate(self, xi: torch.Tensor) -> torch.Tensor:
         """The accumulator, channels-last [N, OH, OW, O], of int8 NCHW input: int32, or
@@ -138,9 +149,12 @@ class Conv2d(WeightedIntegerModule):
             r, s_res = self._int8_input(residual, "residual")
         p = self.requant_params(s_in, s_res)
         step = self._images_per_chunk(xi)
+        fast = self._run_onednn(x, xi, r, p, s_in, s_res)
+        if fast is not None:
+            out = fast
         # A trace must not fix the batch. (torch.jit.is_tracing is public but neither
         # re-exported nor annotated in torch's stubs.)
-        if step >= xi.shape[0] or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+        elif step >= xi.shape[0] or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
             out = self._finish(self._accumulate(xi), p, r)
         else:
             out = torch.cat(
@@ -158,7 +172,90 @@ class Conv2d(WeightedIntegerModule):
         if p.out_scale is not None:
             return QTensor(out, p.out_scale, axis=1)
         assert self.output_scale is not None
-        return QTensor(out, self.output_scale)
+        q = QTensor(out, self.output_scale)
+        return kernels.mark_nonnegative(q) if self.qmin >= 0 else q
+
+    # --- oneDNN ----------------------------------------------------------------------
+
+    def _path(self, xi: torch.Tensor) -> str:
+        """``kernels.active_path()`` for a large enough layer on CPU, else "reference"."""
+        if not xi.is_cpu or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+            return "reference"
+        o, cin, kh, kw = self.weight.shape
+        n, _, h, w = xi.shape
+        out = 1
+        for size, k, i in ((h, kh, 0), (w, kw, 1)):
+            span = self.dilation[i] * (k - 1) + 1
+            out *= max(0, (size + 2 * self.padding[i] - span) // self.stride[i] + 1)
+        outputs = n * out * o
+        if outputs * cin * kh * kw < ONEDNN_MIN_MACS and outputs < ONEDNN_MIN_OUTPUTS:
+            return "reference"
+        return kernels.active_path()
+
+    def _packed_conv(self) -> kernels.PackedConv:
+        key = (self.weight._version, self.weight.data_ptr())
+        if self._packed is None or self._packed[0] != key:
+            geometry = kernels.ConvGeometry(self.stride, self.padding, self.dilation, self.groups)
+            self._packed = (key, kernels.PackedConv(self.weight, geometry))
+        return self._packed[1]
+
+    def _run_onednn(
+        self,
+        x: torch.Tensor,
+        xi: torch.Tensor,
+        r: torch.Tensor | None,
+        p: RequantParams,
+        s_in: float,
+        s_res: float | None,
+    ) -> torch.Tensor | None:
+        """The channels-last output by oneDNN's kernels (see ``kernels``), or ``None``
+        where the reference path must run."""
+        path = self._path(xi)
+        if path == "reference":
+            return None
+        packed = self._packed_conv()
+        xu, zp = kernels.as_uint8(xi, kernels.is_nonnegative(x))
+        if p.out_scale is None and path == "fused":
+            key = (s_in, s_res, zp)
+            if key not in self._fused:
+                assert p.shift is not None
+                comp = None if zp == 0 else kernels.ZERO_POINT * packed.weight_sums
+                self._fused[key] = kernels.fused_params(
+                    p.bias, p.mults, p.shift, self.qmin, self.qmax, comp
+                )
+            fp = self._fused[key]
+            if fp is not None:
+                lo, hi = packed.bracketed(xu, zp, fp, r)
+                self._settle(lo, hi, xi, r, p, packed)
+                if fp.clamp_after:
+                    lo.clamp_(self.qmin, self.qmax)
+                return lo.permute(0, 2, 3, 1)
+        if not packed.accumulator_exact:
+            return None
+        return self._finish(packed.accumulate(xu, zp), p, r)
+
+    def _settle(
+        self,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        xi: torch.Tensor,
+        r: torch.Tensor | None,
+        p: RequantParams,
+        packed: kernels.PackedConv,
+    ) -> None:
+        """Write the exact requantized value into ``lo`` where the bracket left it open
+        (``lo != hi``): the accumulator recomputed from the integers, then ``requantize``."""
+        at = kernels.mismatches(lo, hi)
+        if at.shape[0] == 0:
+            return
+        n, c, h, w = at.unbind(1)
+        acc = kernels.exact_conv_at(xi, packed.taps, packed.geometry, at)
+        assert p.shift is not None
+        terms = [(acc, p.mults[0][c])]
+        if r is not None:
+            terms.append((r[n, c, h, w], p.mults[1][c]))
+        q = requantize(terms, p.shift[c], self.qmin, self.qmax, bound=p.bound, offset=p.bias[c])
+        lo[n, c, h, w] = q
 
     def forward(self, x: torch.Tensor) -> QTensor:
         return self._run(x)

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from hatcli.quant.fake_quantize import fake_quantize_with_mask
-from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN, UINT8_OFFSET
+from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.qat.elementwise import function_name
+from hatcli.quant.nn.quantized import kernels
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.qtensor import QTensor
 
@@ -37,6 +38,7 @@ class Elementwise(IntegerModule):
         self.name = name if name is not None else function_name(fn)
         self.register_buffer("output_scale", output_scale.detach().float().reshape(()))
         self._tables: dict[tuple[float, float], torch.Tensor] = {}
+        self._by_byte: dict[tuple[float, float], torch.Tensor] = {}
 
     @classmethod
     def from_qat(cls, mod: qat.Elementwise) -> Elementwise:
@@ -69,8 +71,11 @@ class Elementwise(IntegerModule):
 
     def forward(self, x: torch.Tensor) -> QTensor:
         xi, s_in = self._int8_input(x)
-        table = self.table(s_in).to(xi.device)
-        return QTensor(table[xi.to(torch.int64) + UINT8_OFFSET], self.output_scale)
+        key = (s_in, float(self.output_scale))
+        by_byte = self._by_byte.get(key)
+        if by_byte is None:
+            by_byte = self._by_byte[key] = kernels.by_uint8(self.table(s_in))
+        return QTensor(kernels.lookup(by_byte, xi), self.output_scale)
 
     def extra_repr(self) -> str:
         return "" if isinstance(self.fn, nn.Module) else f"fn={self.name}"

@@ -11,6 +11,7 @@ from torch.nn.modules.utils import _pair
 
 from hatcli.quant.int8 import ABS_MAX
 from hatcli.quant.nn import qat
+from hatcli.quant.nn.quantized import kernels
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
 from hatcli.quant.qtensor import QTensor
@@ -118,11 +119,15 @@ class MaxPool2d(IntegerModule):
 
     def forward(self, x: torch.Tensor) -> QTensor:
         xi, s_in = self._int8_input(x)
-        # float32 holds every int8 exactly, and torch pads with -inf on every device.
-        y = F.max_pool2d(
-            xi.float(), self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
-        )
-        return QTensor(y.to(torch.int8), torch.tensor(s_in, dtype=torch.float32))
+        geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        if xi.is_cpu:
+            # int8 directly (padding never wins: it pads with -128 at most); torch 2.13's
+            # CPU kernel refuses channels-last int8, so NCHW.
+            y = F.max_pool2d(xi.contiguous(), *geometry)
+        else:  # float32 holds every int8 exactly, and torch pads with -inf on every device
+            y = F.max_pool2d(xi.float(), *geometry).to(torch.int8)
+        out = QTensor(y, torch.tensor(s_in, dtype=torch.float32))
+        return kernels.mark_nonnegative(out) if kernels.is_nonnegative(x) else out
 
 
 class AvgPool2d(IntegerModule):
@@ -166,8 +171,10 @@ class AvgPool2d(IntegerModule):
     def forward(self, x: torch.Tensor) -> QTensor:
         xi, s_in = self._int8_input(x)
         k, s, p = self.kernel_size, self.stride, self.padding
-        # Sums of at most k*k int8 values are exact in float64 (a divisor of 1 keeps them).
-        sums = F.avg_pool2d(xi.double(), k, s, p, self.ceil_mode, True, 1)
+        # Sums of at most k*k int8 values are exact in float32 while k*k*128 < 2**24, in
+        # any order (a divisor of 1 keeps them); float64 beyond.
+        dtype = torch.float32 if k[0] * k[1] * ABS_MAX < 2**24 else torch.float64
+        sums = F.avg_pool2d(xi.to(dtype), k, s, p, self.ceil_mode, True, 1)
         divisor = self.divisors(xi.shape[-2], xi.shape[-1], sums.shape[-2], sums.shape[-1])
         m, shift = average_multipliers(s_in, divisor, self.output_scale, k[0] * k[1])
         return QTensor(requantize([(sums.to(torch.int32), m)], shift), self.output_scale)
