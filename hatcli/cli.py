@@ -429,6 +429,25 @@ def analyze(
         typer.echo(line)
 
 
+@app.command(short_help="Draw the loss and validation metrics of every stage to curves.png.")
+def plot(
+    spec: SpecArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Default: {work_dir}/curves.png.", metavar="FILE"),
+    ] = None,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Draw the stages' metrics.jsonl on one time axis, a band per stage: training and
+    validation loss above, the other validation metrics below, last values written."""
+    from hatcli.curves import draw_spec, require_matplotlib
+    from hatcli.spec.spec import load_spec
+
+    _guard(require_matplotlib)
+    loaded = _guard(lambda: load_spec(spec, work_dir=work_dir))
+    typer.echo(str(_guard(lambda: draw_spec(loaded, output))))
+
+
 @app.command("plugins", short_help="The installed plugins and the components each gives.")
 def list_plugins(
     as_json: Annotated[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -447,4 +448,21 @@ def _run_stage(
     }
     if ctx.is_main:
         write_json(ctx.stage_dir / "summary.json", summary)
+        draw_curves(spec, quiet)
     return summary
+
+
+def draw_curves(spec: Spec, quiet: bool) -> None:
+    """``{work_dir}/curves.png`` after a stage, when matplotlib is installed; a failure to
+    draw is a note, never a failed stage."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return
+    from hatcli.curves import draw_spec
+
+    try:
+        path = draw_spec(spec)
+    except Exception as exc:  # a figure must not cost a finished stage
+        print(f"note: curves.png not drawn: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    if not quiet:
+        print(f"curves: {path}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hat_callbacks import checkpoint, fuse_bn, save_traced, validation
+from hat_callbacks import checkpoint, fuse_bn, save_traced, tensorboard, validation
 from hatcli.engine.metric import TopKAccuracy
 from hatcli.hookspecs import hookimpl
 
@@ -28,6 +28,12 @@ def hat_register_callbacks(register: Any) -> None:
     )
     register("FuseBN", fuse_bn.FuseBN, fuse_bn.SCHEMA, "Absorb BN of sub-modules mid-QAT")
     register("SaveTraced", save_traced.SaveTraced, save_traced.SCHEMA, "Save a TorchScript trace")
+    register(
+        "TensorBoard",
+        tensorboard.TensorBoard,
+        tensorboard.SCHEMA,
+        "Loss, LR, samples/s and validation metrics for TensorBoard",
+    )
 
 
 @hookimpl
