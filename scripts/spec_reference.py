@@ -226,10 +226,24 @@ def torch_release() -> str:
     return torch.__version__.split("+")[0]
 
 
+# Where torch documents each kind's classes, by their public names.
+TORCH_NAMESPACES = {
+    "optimizers": "torch.optim",
+    "lr_schedulers": "torch.optim.lr_scheduler",
+    "losses": "torch.nn",
+}
+TORCH_DOCS = "https://pytorch.org/docs/stable/generated/{}.html"
+
+
 def help_text(component: plugins.Component) -> str | None:
-    """The line ``hat plugins`` shows; torch's classes by their import path."""
-    if component.plugin == TORCH_PLUGIN and component.help and component.help.startswith("torch "):
-        return f"torch's `{component.help.removeprefix('torch ')}`."
+    """The line ``hat plugins`` shows; for torch's classes, a link to torch's page."""
+    namespace = TORCH_NAMESPACES.get(component.kind)
+    if component.plugin == TORCH_PLUGIN and namespace:
+        public = f"{namespace}.{component.name}"
+        return (
+            f"torch's [`{public}`]({TORCH_DOCS.format(public)}): the keys are its "
+            "arguments, as torch documents them."
+        )
     return component.help
 
 
