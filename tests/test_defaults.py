@@ -13,9 +13,7 @@ from hatcli.spec.schema import base_schema
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def schema_defaults(
-    node: Any, pointer: str = "", names: bool = False
-) -> Iterator[tuple[str, Any]]:
+def schema_defaults(node: Any, pointer: str = "", names: bool = False) -> Iterator[tuple[str, Any]]:
     """Each ``"default"`` keyword by its pointer; ``names``: ``node`` maps property names
     to schemas (a property may be called "default")."""
     if isinstance(node, dict):
