@@ -210,7 +210,7 @@ def kind_places(
         node = resolve(node, root)
     if KIND_KEYWORD in node:
         yield node[KIND_KEYWORD], path
-    for key, child in node.get("properties", {}).items():
+    for key, child in {**node.get(COMMON_KEYWORD, {}), **node.get("properties", {})}.items():
         yield from kind_places(child, f"{path}.{key}" if path else key, root, seen)
     if isinstance(node.get("additionalProperties"), dict):
         sub = f"{path}.<{placeholder(path)}>"
