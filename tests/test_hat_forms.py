@@ -76,8 +76,14 @@ def test_a_training_stage_with_a_null_optimizer_is_refused(tmp_path: Path) -> No
             "{type: Checkpoint, name_prefix: float-, strict_match: true}",
             "unknown key 'strict_match'; hat's Checkpoint always loads strictly; remove it",
         ),
+        (
+            "      - {type: Validation, data: val}\n      - {type: Checkpoint, name_prefix: float-",
+            "      - {type: Validation, data: val, val_interval: 2}\n"
+            "      - {type: Checkpoint, name_prefix: float-",
+            "unknown key 'val_interval'; hat calls it 'every' (with interval_by: epoch or step)",
+        ),
     ],
-    ids=["data_loader", "type", "keep_n", "strict_match"],
+    ids=["data_loader", "type", "keep_n", "strict_match", "val_interval"],
 )
 def test_hat_names_get_a_hint_naming_hats_form(
     tmp_path: Path, old: str, new: str, message: str

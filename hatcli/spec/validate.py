@@ -30,6 +30,10 @@ HAT_NAMES = {
     "type": ("trainer", "a stage's trainer is 'trainer' in hat"),
     "keep_n": ("max_keep", "hat calls it 'max_keep'"),
     "strict_match": ("name_prefix", "hat's Checkpoint always loads strictly; remove it"),
+    "val_interval": ("every", "hat calls it 'every' (with interval_by: epoch or step)"),
+    "val_on_train_end": ("at_end", "hat calls it 'at_end'"),
+    "callbacks": ("metrics", "a Validation's metrics are 'metrics' in hat"),
+    "inplace": ("step_or_epoch", "hat's FuseBN always absorbs in place; remove it"),
 }
 HAT_NULL_WHEN_NOT_TRAINING = {"data_loader"}
 """Keys a HAT stage that does not train sets to None (``data_loader=None``): accepted."""

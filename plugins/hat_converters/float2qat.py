@@ -55,7 +55,7 @@ class Float2QAT:
                 f"; list it as a leaf to quantize it whole or keep it float: "
                 f"Float2QAT: {{leaf_modules: [{exc.module}]}}"
                 if exc.module
-                else "; make the model's forward traceable (see the README)"
+                else "; make the model's forward traceable (docs/quantizing-your-own-model.md)"
             )
             raise located(context.positions, context.path, f"Float2QAT: {exc}{hint}") from None
         except QuantizationError as exc:
