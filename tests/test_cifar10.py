@@ -111,3 +111,11 @@ stages:
 """)
     summary = hatcli.run_stage(hatcli.load_spec(spec, work_dir=tmp_path / "work"), "float")
     assert summary["steps"] == 2 and "accuracy" in summary["metrics"]
+
+
+def test_the_cifar10_example_validates_and_is_the_one_in_the_docs() -> None:
+    root = Path(__file__).resolve().parents[1]
+    example = root / "examples" / "cifar10" / "spec.yaml"
+    spec = hatcli.load_spec(example)
+    assert list(spec.stage_names) == ["float", "calibration", "qat", "int_infer"]
+    assert example.read_text() in (root / "docs" / "training.md").read_text()

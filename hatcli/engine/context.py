@@ -54,6 +54,13 @@ class LoopContext:
     qat_mode: str | None = None
     """The stage's ``model_convert_pipeline.qat_mode``, recorded in checkpoints."""
     log_interval: int = defaults.LOG_INTERVAL
+    amp: str = defaults.AMP
+    """Mixed precision of training steps: ``off``, ``bf16`` or ``fp16`` (the stage's
+    ``amp``; ``off`` for a model with fake quantization, which trains in float32)."""
+    grad_scaler: Any = None
+    """fp16's ``torch.amp.GradScaler`` (checkpointed), else None."""
+    channels_last: bool = False
+    """Model and 4-d inputs in channels-last memory format."""
     """``metrics.jsonl`` gets a training line every this many steps."""
     epoch: int = 0
     """Finished epochs."""

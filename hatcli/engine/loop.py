@@ -23,12 +23,23 @@ from hatcli.engine.sampler import EpochSampler
 from hatcli.errors import RunError
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     if isinstance(batch, torch.Tensor):
+        if channels_last and batch.dim() == 4:
+            return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(item, device) for item in batch)
+        return type(batch)(to_device(item, device, channels_last) for item in batch)
     return batch
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(ctx: LoopContext) -> torch.autocast:
+    """The training step's ``torch.autocast`` for the stage's ``amp`` (disabled: ``off``)."""
+    dtype = AMP_DTYPES.get(ctx.amp)
+    return torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None)
 
 
 class Trainer:
@@ -94,7 +105,7 @@ class Trainer:
         self.emit("on_epoch_begin", ctx)
         for index, batch in batches:
             self.emit("on_step_begin", ctx)
-            self.step(ctx, to_device(batch, ctx.device))
+            self.step(ctx, to_device(batch, ctx.device, ctx.channels_last))
             ctx.global_step += 1
             ctx.step_in_epoch = index + 1
             self.after_step(ctx)
@@ -131,7 +142,10 @@ class Trainer:
         data = data_name(ctx.data_loaders.get("train"), "train")
         when = f"epoch {ctx.epoch}, step {ctx.global_step + 1}"
         model = ctx.forward_model or ctx.model
-        loss = ctx.batch_processor.loss(model, inputs, targets, ctx.loss_fn, data, when, ctx.model)
+        with autocast(ctx):
+            loss = ctx.batch_processor.loss(
+                model, inputs, targets, ctx.loss_fn, data, when, ctx.model
+            )
         value = loss.item()
         if not math.isfinite(value):
             refuse_non_finite_inputs(inputs, data, when)
@@ -139,8 +153,13 @@ class Trainer:
                 f"loss became {value} at epoch {ctx.epoch}, step {ctx.global_step + 1}; "
                 "nothing was saved for this step (try a lower learning rate)"
             )
-        loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is untyped
-        ctx.optimizer.step()
+        if ctx.grad_scaler is not None:  # fp16: scaled against underflow, steps skipped on inf
+            ctx.grad_scaler.scale(loss).backward()
+            ctx.grad_scaler.step(ctx.optimizer)
+            ctx.grad_scaler.update()
+        else:
+            loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is untyped
+            ctx.optimizer.step()
         ctx.loss = value
         ctx.batch_size = int(targets.shape[0])
 

@@ -36,6 +36,7 @@ from hatcli.engine.training_log import TrainingLog, truncate_log
 from hatcli.engine.transforms import TransformedDataset
 from hatcli.engine.work_dir_lock import locked_stages
 from hatcli.errors import InputError
+from hatcli.quant.fake_quantize import FakeQuantize
 from hatcli.quant.graph.report import OpRecord
 from hatcli.quant.graph.report import as_json as quantization_json
 from hatcli.quant.graph.report import as_table as quantization_table
@@ -230,6 +231,10 @@ def build_context(
     device = stage_device(spec, stage)
     convert = ConvertContext(stage.name, stage_qat_mode(stage), spec.positions)
     model = _build_stage_model(spec, stage, convert, resume, trainer or Trainer()).to(device)
+    channels_last = bool(stage.get("channels_last", defaults.CHANNELS_LAST))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    amp = stage_amp(stage, model)
     ctx = LoopContext(
         stage=stage.name,
         spec_name=spec.name,
@@ -250,6 +255,9 @@ def build_context(
         num_steps=stage.get("num_steps"),
         qat_mode=convert.qat_mode,
         log_interval=int(stage.get("log_interval", defaults.LOG_INTERVAL)),
+        amp=amp,
+        grad_scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
+        channels_last=channels_last,
         rank=distributed.rank(),
         world_size=distributed.world_size(),
     )
@@ -267,6 +275,16 @@ def build_context(
             source=str(resume.path) if resume is not None else str(convert.loaded_from),
         )
     return ctx
+
+
+def stage_amp(stage: StageSpec, model: nn.Module) -> str:
+    """The stage's ``amp``; ``off`` for a model with fake quantization: QAT's arithmetic
+    is the integer model's (float32 fake quantization, convolutions whose float32 sums
+    the integer kernels reproduce), which bf16 or fp16 would no longer match."""
+    amp = str(stage.get("amp", defaults.AMP))
+    if any(isinstance(m, FakeQuantize) for m in model.modules()):
+        return "off"
+    return amp
 
 
 def _report_quantization(

@@ -101,6 +101,7 @@ def checkpoint_state(ctx: LoopContext) -> dict[str, Any]:
         "state_dict": ctx.model.state_dict(),
         "optimizer": ctx.optimizer.state_dict() if ctx.optimizer is not None else None,
         "lr_scheduler": ctx.lr_scheduler.state_dict() if ctx.lr_scheduler is not None else None,
+        "grad_scaler": ctx.grad_scaler.state_dict() if ctx.grad_scaler is not None else None,
         "epoch": ctx.epoch,
         "global_step": ctx.global_step,
         "step_in_epoch": ctx.step_in_epoch,
@@ -173,6 +174,9 @@ def restore_training_state(
                 callback.load_state_dict(state)
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
+        scaler = getattr(ctx, "grad_scaler", None)  # fp16's; not on every context
+        if scaler is not None and checkpoint.get("grad_scaler"):
+            scaler.load_state_dict(checkpoint["grad_scaler"])
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: damaged or crafted checkpoint: {exc}") from None
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
