@@ -104,7 +104,8 @@ def main() -> None:
                 trainer.step(ctx, batch)
 
             step()  # warm-up: allocator, autocast's weight casts, oneDNN primitives
-            losses[amp] = float(ctx.loss)
+            assert ctx.loss is not None
+            losses[amp] = ctx.loss
             steps[amp] = step
         wall: dict[str, list[float]] = {k: [] for k in steps}
         cpu: dict[str, list[float]] = {k: [] for k in steps}

@@ -99,7 +99,7 @@ def run_plain(ctx: Any) -> None:
         for x, y in loader:
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             done += 1
             if done == steps:
