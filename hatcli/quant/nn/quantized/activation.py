@@ -9,7 +9,7 @@ from torch import nn
 
 from hatcli.quant.int8 import ABS_MAX
 from hatcli.quant.nn import qat
-from hatcli.quant.nn.quantized import kernels
+from hatcli.quant.nn.quantized import kernels, lookup
 from hatcli.quant.nn.quantized.base import IntegerModule, clamp_bounds
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
 from hatcli.quant.qtensor import QTensor
@@ -48,10 +48,10 @@ class ReLU6(IntegerModule):
         key = (s_in, float(self.output_scale))
         if key not in self._tables:
             m, shift = self.multiplier(s_in)
-            q = kernels.int8_values()
+            q = lookup.int8_values()
             table = requantize([(q, m)], shift, self.qmin, self.qmax)
-            self._tables[key] = kernels.by_uint8(table)
-        out = QTensor(kernels.lookup(self._tables[key], xi), self.output_scale)
+            self._tables[key] = lookup.by_uint8(table)
+        out = QTensor(lookup.lookup(self._tables[key], xi), self.output_scale)
         return kernels.mark_nonnegative(out)
 
     def multiplier(self, s_in: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,8 @@ not fit); ``with_bn_reverse_fold`` quantized ``W * s`` already. The bias becomes
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hatcli.quant.fuse_modules import bn_scale, channel_view, fold_bn_bias
@@ -66,7 +68,7 @@ class Conv2d(WeightedIntegerModule):
         self.groups = groups
         self._float32_exact: bool | None = None  # depthwise weights bound sums below 2**24
         self._packed: tuple[tuple[int, int], kernels.PackedConv] | None = None
-        self._fused: dict[tuple[float | int | None, ...], kernels.FusedParams | None] = {}
+        self._fused: dict[tuple[float | bool | None, ...], kernels.FusedParams | None] = {}
 
     @classmethod
     def from_qat(cls, mod: qat.Conv2d) -> Conv2d:
@@ -214,25 +216,44 @@ class Conv2d(WeightedIntegerModule):
         if path == "reference":
             return None
         packed = self._packed_conv()
-        xu, zp = kernels.as_uint8(xi, kernels.is_nonnegative(x))
+        nonnegative = kernels.is_nonnegative(x)
+        fp = None
         if p.out_scale is None and path == "fused":
-            key = (s_in, s_res, zp)
-            if key not in self._fused:
-                assert p.shift is not None
-                comp = None if zp == 0 else kernels.ZERO_POINT * packed.weight_sums
-                self._fused[key] = kernels.fused_params(
-                    p.bias, p.mults, p.shift, self.qmin, self.qmax, comp
-                )
-            fp = self._fused[key]
-            if fp is not None:
-                lo, hi = packed.bracketed(xu, zp, fp, r)
+            fp = self._fused_params(p, packed, (s_in, s_res), nonnegative)
+        # The byte-wise passes around the convs (uint8 input, residual copies, the check
+        # and its few recomputations) run on one thread: see kernels.one_thread.
+        copies = not nonnegative or (r is not None and fp is not None)
+        with kernels.one_thread() if copies else contextlib.nullcontext():
+            xu, zp = kernels.as_uint8(xi, nonnegative)
+            residuals = None if r is None or fp is None else kernels.residual_operands(r)
+        if fp is not None:
+            lo, hi = packed.bracketed(xu, zp, fp, residuals)
+            with kernels.one_thread():
                 self._settle(lo, hi, xi, r, p, packed)
                 if fp.clamp_after:
                     lo.clamp_(self.qmin, self.qmax)
-                return lo.permute(0, 2, 3, 1)
+            return lo.permute(0, 2, 3, 1)
         if not packed.accumulator_exact:
             return None
         return self._finish(packed.accumulate(xu, zp), p, r)
+
+    def _fused_params(
+        self,
+        p: RequantParams,
+        packed: kernels.PackedConv,
+        scales: tuple[float, float | None],
+        nonnegative: bool,
+    ) -> kernels.FusedParams | None:
+        """The bracket's constants for these input scales (cached), ``None`` where the
+        bracket would be too wide (the accumulator path runs instead)."""
+        key = (*scales, nonnegative)
+        if key not in self._fused:
+            assert p.shift is not None
+            comp = None if nonnegative else kernels.ZERO_POINT * packed.weight_sums
+            self._fused[key] = kernels.fused_params(
+                p.bias, p.mults, p.shift, self.qmin, self.qmax, comp
+            )
+        return self._fused[key]
 
     def _settle(
         self,

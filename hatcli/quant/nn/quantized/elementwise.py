@@ -17,7 +17,7 @@ from hatcli.quant.fake_quantize import fake_quantize_with_mask
 from hatcli.quant.int8 import QUANT_MAX, QUANT_MIN
 from hatcli.quant.nn import qat
 from hatcli.quant.nn.qat.elementwise import function_name
-from hatcli.quant.nn.quantized import kernels
+from hatcli.quant.nn.quantized import lookup
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.qtensor import QTensor
 
@@ -74,8 +74,8 @@ class Elementwise(IntegerModule):
         key = (s_in, float(self.output_scale))
         by_byte = self._by_byte.get(key)
         if by_byte is None:
-            by_byte = self._by_byte[key] = kernels.by_uint8(self.table(s_in))
-        return QTensor(kernels.lookup(by_byte, xi), self.output_scale)
+            by_byte = self._by_byte[key] = lookup.by_uint8(self.table(s_in))
+        return QTensor(lookup.lookup(by_byte, xi), self.output_scale)
 
     def extra_repr(self) -> str:
         return "" if isinstance(self.fn, nn.Module) else f"fn={self.name}"

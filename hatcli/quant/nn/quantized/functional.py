@@ -17,7 +17,7 @@ import torch
 
 from hatcli.quant.int8 import ABS_MAX
 from hatcli.quant.nn import qat
-from hatcli.quant.nn.quantized import kernels
+from hatcli.quant.nn.quantized import lookup
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.quant.nn.quantized.requantize import quantize_multiplier, requantize
 from hatcli.quant.qtensor import QTensor
@@ -58,11 +58,11 @@ class QFunctional(IntegerModule):
         rescaling by exactly 1 (the identity). Keyed by the output scale too."""
         key = (*key, float(self.output_scale))
         if key not in self._tables:
-            q = kernels.int8_values()
+            q = lookup.int8_values()
             if key[0] == "one":
                 (m,), shift = self.multipliers([key[1]])  # type: ignore[list-item]
                 table = requantize([(q, m)], shift)
-                self._tables[key] = None if torch.equal(table, q) else kernels.by_uint8(table)
+                self._tables[key] = None if torch.equal(table, q) else lookup.by_uint8(table)
             else:
                 qa, qb = q.repeat_interleave(256), q.repeat(256)
                 if key[0] == "mul":
@@ -86,7 +86,7 @@ class QFunctional(IntegerModule):
         xa, xb = torch.broadcast_tensors(xa, xb)  # type: ignore[no-untyped-call]  # torch: untyped
         table = self._table(("add", sa, sb, sign))
         assert table is not None
-        return kernels.lookup_pairs(table, xa, xb)
+        return lookup.lookup_pairs(table, xa, xb)
 
     def cat(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> QTensor:
         return QTensor(torch.cat(self._rescaled(tensors), dim=dim), self.output_scale)
@@ -99,7 +99,7 @@ class QFunctional(IntegerModule):
         for t in tensors:
             x, s = self._int8_input(t, "tensors")
             table = self._table(("one", s))
-            out.append(x if table is None else kernels.lookup(table, x))
+            out.append(x if table is None else lookup.lookup(table, x))
         return out
 
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> QTensor:
@@ -107,4 +107,4 @@ class QFunctional(IntegerModule):
         xa, xb = torch.broadcast_tensors(xa, xb)  # type: ignore[no-untyped-call]  # torch: untyped
         table = self._table(("mul", sa, sb))
         assert table is not None
-        return QTensor(kernels.lookup_pairs(table, xa, xb), self.output_scale)
+        return QTensor(lookup.lookup_pairs(table, xa, xb), self.output_scale)

@@ -1,8 +1,9 @@
 """oneDNN's int8 kernels for the integer conv and linear, used only where they are exact.
 
 oneDNN's u8 x s8 convolution (``torch.ops.onednn.qconv_pointwise``, the kernel of PyTorch's
-x86 int8 path) is 3-10x faster than ``torch._int_mm`` on an im2col. hat uses it two ways,
-both giving exactly the integers of the reference path (``int_matmul`` + ``requantize``):
+x86 int8 path) is several times faster than ``torch._int_mm`` on an im2col. hat uses it two
+ways, both giving exactly the integers of the reference path (``int_matmul`` +
+``requantize``):
 
 **The accumulator** (int32 outputs, linear, the "accumulator" path). int8 activations
 ``q`` go in as uint8 ``u = q + 128`` with zero point 128 (or, where the producer clamped
@@ -27,8 +28,11 @@ the bias ``B = fl(b * M0)`` and a sum post-op of scale ``A = fl(M1)``, clamped b
 hardtanh post-op. That value is not exact: float32 keeps 24 bits where ``Y`` needs up to
 55. So each layer runs it twice, with the bias lowered and raised by ``eps``, giving
 ``lo = R(Y_lo)`` and ``hi = R(Y_hi)`` with ``R`` the epilogue's rounding and clamping
-(monotone, and mapping ``[k - 1/2, k + 1/2]`` onto ``k``). Each float32 step of the
-epilogue errs by at most ``2**-24`` of its result's magnitude; with at most ten such steps
+(monotone, and mapping ``[k - 1/2, k + 1/2]`` onto ``k``). The int32 sum is exact (as
+above); each float32 step of the epilogue (converting the sum, subtracting the
+compensation, scaling, adding the bias, the sum post-op's scaling and addition), and each
+of ``S``, ``B`` and ``A`` as a float32, errs by at most ``2**-24`` of a magnitude; with at
+most ten such steps
 and every intermediate below ``T = 131 + 2|b * M0| + 256|M1| + 128|sum(w) * M0|`` wherever
 ``|Y| <= 130`` (the last term: the uint8 accumulator before its compensation),
 the computed values satisfy ``|Y_lo - (Y - eps)| <= 10 * 2**-24 * T + 128 * mu`` (``mu``
@@ -41,11 +45,12 @@ error below ``2**-20``) and saturate as ``q`` does. The rare positions where ``l
 recomputed exactly from the int8 input and weights and requantized by ``requantize``.
 
 Both rest on what the self-test checks at first use, on worst-case inputs (all
-activations 255 as uint8 against weights of +-127 and -128, accumulators past ``2**24`` in
-the uint8 domain, exact rounding ties): int32 accumulation without saturation, the
-zero-point compensation in int32, and the bracket on every kernel kind hat uses (dense,
-1x1, strided and dilated, depthwise, grouped, a residual sum, ReLU and hardtanh clamps,
-linear). Where an op is missing, the CPU is not x86 with oneDNN, a reduced float32
+activations 255 as uint8 against weights of +127 and -128, uint8 sums past ``2**24`` run
+in input-channel groups, exact rounding ties): int32 accumulation without saturation, the
+exact float32 accumulator of every kernel kind hat uses (dense 3x3, 1x1, strided and
+dilated, depthwise, grouped, a 3-channel stem, linear; zero points 128 and 0), and the
+bracket on ties and on full-range layers with 31-bit multipliers (ReLU and hardtanh
+clamps, a residual sum). Where an op is missing, the CPU is not x86 with oneDNN, a reduced float32
 precision is set, or the self-test fails, every layer runs the reference path.
 ``describe()`` says which path runs, in one line.
 """
@@ -54,7 +59,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -106,25 +112,42 @@ def describe() -> str:
             "integer kernels: oneDNN int8 conv, float32 accumulator, float64 requantization, "
             f"exact (self-test passed, {_isa()})"
         )
-    reason = "selected" if ok else why
+    reason = "set aside by kernels.select or HAT_INT_KERNELS" if ok else why
     return f"integer kernels: reference (torch._int_mm on im2col, exact; oneDNN: {reason})"
 
 
 def _isa() -> str:
-    cap = torch.backends.cpu.get_cpu_capability()
-    return f"CPU capability {cap}"
+    """The int8 instructions the CPU reports (Linux), else torch's CPU capability."""
+    flags: list[str] = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        pass
+    found = [name for flag, name in _INT8_FLAGS if flag in flags]
+    if found:
+        return found[0]  # the widest: AMX, else VNNI
+    return f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+_INT8_FLAGS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"))
 
 
 def _onednn_status() -> tuple[bool, str]:
+    """``(usable, why not)``: oneDNN is there, in IEEE float32 (checked at every call:
+    torch's and oneDNN's precision settings can change), and passed the self-test (run
+    once per process)."""
     global _status
+    if not float32_convolution_is_exact():
+        return False, "oneDNN is unavailable or set to a reduced float32 precision"
     if _status is None:
         with _lock:
             if _status is None:
                 _status = _check()
-    ok, why = _status
-    if ok and not float32_convolution_is_exact():
-        return False, "a reduced float32 precision is set"
-    return ok, why
+    return _status
 
 
 def _check() -> tuple[bool, str]:
@@ -134,11 +157,9 @@ def _check() -> tuple[bool, str]:
             getattr(ops, name)
         except (AttributeError, RuntimeError):
             return False, f"torch.ops.onednn.{name} is missing"
-    if not float32_convolution_is_exact():
-        return False, "oneDNN is unavailable or set to a reduced float32 precision"
     try:
         failure = self_test()
-    except RuntimeError as e:  # an op refusing a shape or a dtype on this build
+    except (RuntimeError, TypeError, ValueError) as e:  # an op refusing a shape or dtype
         return False, f"self-test raised {str(e).splitlines()[0][:120]}"
     if failure:
         return False, f"self-test failed: {failure}"
@@ -149,6 +170,27 @@ def reset() -> None:
     """Forget the self-test's result (tests)."""
     global _status
     _status = None
+
+
+ONE_THREAD = True
+"""Whether ``one_thread`` takes effect (measured: on a busy 2-core machine the integer
+model is 2-3x faster with it; ``False`` runs those ops on torch's threads)."""
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed ops on one thread: the bracket's check and its few exact
+    recomputations are many small ops, each of which, run on several threads, waits for
+    all of them at its end (costly on a busy machine, with nothing to gain)."""
+    before = torch.get_num_threads()
+    if before == 1 or not ONE_THREAD:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- uint8 activations -----------------------------------------------------------------
@@ -289,21 +331,25 @@ class PackedConv:
         return total.permute(0, 2, 3, 1)
 
     def bracketed(
-        self, xu: torch.Tensor, zero_point: int, p: FusedParams, residual: torch.Tensor | None
+        self,
+        xu: torch.Tensor,
+        zero_point: int,
+        p: FusedParams,
+        residuals: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lo, hi)``: oneDNN's requantized int8 outputs [N, O, OH, OW] (channels-last
-        memory) with the bias lowered and raised by ``eps`` (see the module docstring)."""
+        memory) with the bias lowered and raised by ``eps`` (see the module docstring).
+        ``residuals``: two copies of the int8 residual (``residual_operands``), which the
+        sum post-op overwrites."""
         packed = self._pack(zero_point, 0, self.weight.shape[1])
+        accums: tuple[torch.Tensor | None, ...] = residuals or (None, None)
         outs = []
-        for bias in (p.bias_lo, p.bias_hi):
-            if residual is None:
+        for bias, accum in zip((p.bias_lo, p.bias_hi), accums, strict=True):
+            if accum is None:
                 outs.append(
                     self._conv(xu, zero_point, packed, p.scale, bias, torch.int8, p.attr, p.scalars)
                 )
                 continue
-            accum = residual.contiguous(memory_format=torch.channels_last)
-            if accum.data_ptr() == residual.data_ptr():
-                accum = accum.clone(memory_format=torch.channels_last)  # the sum is in place
             y = torch.ops.onednn.qconv2d_pointwise.binary(
                 xu, 1.0, zero_point, packed, p.scale, self._zeros, accum, bias,
                 *self.geometry.args(), 1.0, 0, torch.int8, p.residual_scale, 0, "sum", 1.0,
@@ -311,6 +357,14 @@ class PackedConv:
             )  # fmt: skip
             outs.append(y)
         return outs[0], outs[1]
+
+
+def residual_operands(residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two channels-last copies of an int8 residual for ``PackedConv.bracketed``."""
+    return (
+        residual.clone(memory_format=torch.channels_last),
+        residual.clone(memory_format=torch.channels_last),
+    )
 
 
 @dataclass
@@ -424,8 +478,10 @@ def exact_conv_at(
         group = o // (taps.shape[0] // geometry.groups)
         grouped = rows.reshape(big_n * h * w, geometry.groups, cin)
         patch = grouped[pixel.reshape(-1), group.repeat_interleave(kh * kw)]
-    patch = patch.view(-1, kh, kw, cin).masked_fill_(outside.unsqueeze(3), 0)
-    products = patch.to(torch.int16).mul_(taps.index_select(0, o))
+    dropped = outside.reshape(-1).nonzero().reshape(-1)  # taps in the zero padding: few
+    if dropped.numel():
+        patch[dropped] = 0
+    products = patch.view(-1, kh, kw, cin).to(torch.int16).mul_(taps.index_select(0, o))
     return products.sum(dim=(1, 2, 3), dtype=torch.int32)
 
 
@@ -633,7 +689,7 @@ def _bracket_case(
     if fp is None:
         return "bracket constants out of range"
     xu, zp = as_uint8(x, nonnegative)
-    lo, hi = packed.bracketed(xu, zp, fp, res)
+    lo, hi = packed.bracketed(xu, zp, fp, None if res is None else residual_operands(res))
     if fp.clamp_after:
         lo, hi = lo.clamp(qmin, qmax), hi.clamp(qmin, qmax)
     terms = [(acc, m0)]
@@ -669,54 +725,8 @@ def is_nonnegative(t: torch.Tensor) -> bool:
     return bool(getattr(t, _NONNEGATIVE, False))
 
 
-# --- lookup tables ---------------------------------------------------------------------
-
-
-def _memory_order(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """``x`` flattened in memory order (a view where its layout allows) and the inverse
-    that shapes a flat result like ``x``, layout included."""
-    if x.is_contiguous():
-        return x.reshape(-1), lambda y: y.view(x.shape)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        nhwc = x.permute(0, 2, 3, 1)
-        return nhwc.reshape(-1), lambda y: y.view(nhwc.shape).permute(0, 3, 1, 2)
-    return x.reshape(-1), lambda y: y.view(x.shape)
-
-
-def by_uint8(table: torch.Tensor) -> torch.Tensor:
-    """A 256-entry table indexed by the int8 ``q + 128`` re-indexed by ``q``'s bytes as
-    uint8 (``q & 255``), so a lookup needs no offset."""
-    return table[torch.arange(256) ^ 128]
-
-
-def lookup(table_by_byte: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``table[q + 128]`` for int8 ``x`` (``table_by_byte`` from ``by_uint8``): int32
-    indices and one ``index_select``, ~6x faster than indexing by int64 ``q + 128``."""
-    if tracing():  # dtype views do not trace; int64 indexing does
-        return table_by_byte.to(x.device)[x.to(torch.int64) & 255]
-    flat, shape_like = _memory_order(x)
-    idx = flat.view(torch.uint8).to(torch.int32)
-    return shape_like(table_by_byte.to(x.device).index_select(0, idx))
-
-
-def lookup_pairs(table: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``table[(a + 128) * 256 + (b + 128)]`` for int8 ``a``, ``b`` of one shape (a
-    65536-entry table of every pair's result)."""
-    if tracing():
-        return table.to(a.device)[(a.to(torch.int64) + 128) * 256 + b.to(torch.int64) + 128]
-    ia = (a.view(torch.uint8) ^ 128).to(torch.int32)
-    idx = torch.add(ia.mul_(256), (b.view(torch.uint8) ^ 128).to(torch.int32))
-    flat, shape_like = _memory_order(idx)
-    return shape_like(table.to(a.device).index_select(0, flat))
-
-
 def tracing() -> bool:
     """Whether torch.jit.trace is recording (dtype views and data-dependent paths are
     avoided then)."""
     # torch.jit.is_tracing is public but neither re-exported nor annotated in torch's stubs
     return bool(torch.jit.is_tracing())  # type: ignore[attr-defined,no-untyped-call]
-
-
-def int8_values() -> torch.Tensor:
-    """The 256 int8 values ``-128 .. 127``."""
-    return torch.arange(-128, 128, dtype=torch.int8)
