@@ -3,15 +3,21 @@ model (x86/fbgemm engine), and hat's integer model exported to ONNX (QDQ, and in
 ops) run by ONNX Runtime; same inputs, batch 1/64/256.
 
     python -m benchmarks.int_infer --models ResNet18 MobileNetV2
+    python -m benchmarks.int_infer --models ResNet18 --batch-sizes 64 --hat-paths fused \
+        accumulator reference --no-onnx --threads 1 --profile
 
 QAT models are prepared and run a few training steps on random data first, so observers
 hold real ranges; timings are interleaved medians. ``identical`` is the fraction of
 output elements equal to the hat integer model's (bit for bit) on the timed batch.
+``--hat-paths`` adds hat's integer model on other kernel paths (``kernels.PATHS``: the
+first is ``hat-int8``, the others ``hat-int8[path]``); ``--profile`` prints the top ops of
+one forward of ``hat-int8`` per model and batch (torch.profiler, self CPU time).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 
 import onnx
@@ -19,11 +25,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from benchmarks.common import INPUT_SHAPES, build, median_time, table, write
+from benchmarks.common import INPUT_SHAPES, build, table, write
 from benchmarks.peers import convert_torch_ao, prepare_torch_ao_qat
 from hatcli.export.onnx_integer import IntegerOpsBuilder
 from hatcli.export.onnx_qdq import QDQBuilder
 from hatcli.quant import convert, prepare_qat, set_qat_mode
+from hatcli.quant.nn.quantized import kernels
 
 
 def calibrated(model: nn.Module, shape: tuple[int, ...], steps: int = 3) -> nn.Module:
@@ -45,7 +52,19 @@ def onnx_runner(integer: nn.Module, builder: type, shape: tuple[int, ...]) -> Ca
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
 
-def variants(model_name: str) -> dict[str, Callable]:
+def on_path(model: nn.Module, path: str) -> Callable:
+    """``model`` with its integer convs on kernel path ``path``."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        kernels.select(path)
+        return model(x)
+
+    return run
+
+
+def variants(
+    model_name: str, hat_paths: list[str] | None = None, onnx_runtime: bool = True
+) -> dict[str, Callable]:
     shape = INPUT_SHAPES[model_name]
     float_model = build(model_name)
     calibrated(float_model, shape)  # BN statistics
@@ -58,13 +77,34 @@ def variants(model_name: str) -> dict[str, Callable]:
     hat_int = convert(calibrated(prepare_qat(hat, "fuse_bn"), shape))
     ao = prepare_torch_ao_qat(float_model)
     ao_int = convert_torch_ao(calibrated(ao, shape))
-    return {
-        "float": float_model.eval(),
-        "hat-int8": hat_int,
-        "torch.ao-fbgemm": ao_int,
-        "onnx-qdq-ort": onnx_runner(hat_int, QDQBuilder, shape),
-        "onnx-integer-ort": onnx_runner(hat_int, IntegerOpsBuilder, shape),
-    }
+    paths = hat_paths or [kernels.active_path()]
+    models: dict[str, Callable] = {"float": float_model.eval()}
+    for i, path in enumerate(paths):
+        models["hat-int8" if i == 0 else f"hat-int8[{path}]"] = on_path(hat_int, path)
+    models["torch.ao-fbgemm"] = ao_int
+    if onnx_runtime:
+        models["onnx-qdq-ort"] = onnx_runner(hat_int, QDQBuilder, shape)
+        models["onnx-integer-ort"] = onnx_runner(hat_int, IntegerOpsBuilder, shape)
+    return models
+
+
+def profile(model: Callable, x: torch.Tensor, rows: int = 12) -> str:
+    """The top ops of one forward by self CPU time (after a warm-up forward)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch.no_grad():
+        model(x)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(x)
+    averages = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in averages) or 1.0
+    lines = [f"{'op':<44} {'calls':>6} {'self ms':>9} {'share':>6}"]
+    for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:rows]:
+        share = 100 * e.self_cpu_time_total / total
+        ms = e.self_cpu_time_total / 1e3
+        lines.append(f"{e.key[:44]:<44} {e.count:>6} {ms:>9.1f} {share:>5.1f}%")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -72,10 +112,28 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["ResNet18", "MobileNetV2"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--hat-paths", nargs="+", choices=kernels.PATHS, help="kernel paths (default: auto)"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime variants")
+    parser.add_argument("--profile", action="store_true", help="print hat-int8's top ops")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time by the thread's CPU time, not the wall clock (with --threads 1: steadier "
+        "on a shared machine, where other jobs take turns on the cores)",
+    )
     args = parser.parse_args()
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time needs --threads 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    print(kernels.describe(), f"({torch.get_num_threads()} threads)", flush=True)
     rows = []
     for model_name in args.models:
-        models = variants(model_name)
+        models = variants(model_name, args.hat_paths, not args.no_onnx)
         for batch in args.batch_sizes:
             x = torch.randn(batch, *INPUT_SHAPES[model_name])
             times: dict[str, list[float]] = {n: [] for n in models}
@@ -83,7 +141,9 @@ def main() -> None:
                 outputs = {name: model(x) for name, model in models.items()}
                 for _ in range(args.rounds):
                     for name, model in models.items():
-                        times[name].append(median_time(lambda m=model, x=x: m(x), 1))
+                        start = clock()
+                        model(x)
+                        times[name].append(clock() - start)
             median = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
             for name in models:
                 rows.append(
@@ -101,6 +161,9 @@ def main() -> None:
                 )
             print(table(rows[-len(models) :], list(rows[-1])), flush=True)
             print()
+            if args.profile:
+                print(f"{model_name}, batch {batch}: hat-int8's top ops")
+                print(profile(models["hat-int8"], x), "\n", flush=True)
     print(f"written: {write('int_infer', rows)}")
 
 
