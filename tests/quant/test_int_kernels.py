@@ -193,6 +193,7 @@ def test_describe_says_which_path_runs() -> None:
     assert "\n" not in kernels.describe()
     kernels.select(None)
     line = kernels.describe()
+    assert len(line) < 120 and "\n" not in line
     if kernels._onednn_status()[0]:
         assert "oneDNN int8 conv with bracketed requantization" in line
     else:
@@ -208,6 +209,18 @@ def test_a_failed_self_test_falls_back_to_the_reference(monkeypatch: pytest.Monk
     x = _activation((1, 8, 5, 5), 8)
     assert torch.equal(_on("fused", conv, x), _on("reference", conv, x))
     monkeypatch.setattr(kernels, "_status", None)  # the real self-test again next time
+
+
+def test_one_thread_restores_torchs_threads_even_on_an_error() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError), kernels.one_thread():
+            assert torch.get_num_threads() == 1
+            raise ValueError
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_reduced_float32_precision_turns_onednn_off(monkeypatch: pytest.MonkeyPatch) -> None:
