@@ -298,3 +298,50 @@ def test_conv_and_linear_on_cuda_equal_the_cpu() -> None:
     expect = lin(xl).int_repr()
     got = lin.cuda()(QTensor(xl.int_repr().cuda(), xl.q_scale)).int_repr().cpu()
     assert torch.equal(got, expect)
+
+
+@needs_onednn
+def test_fast_paths_equal_the_reference_on_random_layers() -> None:
+    """Random geometry, groups, clamps, signs of multipliers, biases, residuals, layouts
+    and input signs (80 layers, each at an output scale that spreads it over the int8
+    range): both oneDNN paths give the reference's integers."""
+    import random
+
+    rng = random.Random(0)
+    checked = 0
+    for trial in range(80):
+        g = torch.Generator().manual_seed(trial)
+        cin = rng.choice([3, 8, 16, 32, 64])
+        groups = rng.choice([1, 1, 2, 4, cin])
+        groups = groups if cin % groups == 0 else 1
+        cout = cin if groups == cin else rng.choice([8, 16, 24]) * groups
+        k, stride, dilation = rng.choice([1, 3, 5]), rng.choice([1, 2]), rng.choice([1, 2])
+        clamp = rng.choice([(-128, 127), (0, 127), (0, rng.randint(1, 120))])
+        wmax = rng.choice([8, 40, 128])
+        weight = torch.randint(-wmax, wmax, (cout, cin // groups, k, k), generator=g)
+        conv = _conv(
+            cin, cout, k, groups=groups, stride=stride, dilation=dilation, clamp=clamp,
+            weight=weight.to(torch.int8), residual=rng.random() < 0.3, seed=trial,
+        )  # fmt: skip
+        n, size = rng.choice([1, 3]), rng.choice([5, 8, 13])
+        x = _activation((n, cin, size, size), trial, low=rng.choice([-128, 0]))
+        args = [x]
+        with torch.no_grad():
+            kernels.select("reference")
+            out = conv(*args) if not isinstance(conv, ConvAdd2d) else None
+        if isinstance(conv, ConvAdd2d):
+            span = dilation * (k - 1) + 1
+            side = (size + 2 * (k // 2 * dilation) - span) // stride + 1
+            r = _activation((n, cout, side, side), trial + 1000)
+            args.append(QTensor(r.int_repr(), torch.tensor(0.03)))
+        else:
+            assert out is not None
+            spread = float((out.int_repr().abs().max() + 1) * 0.04)
+            conv.output_scale = torch.tensor(spread / rng.choice([60.0, 127.0, 300.0]))
+            conv._forget()
+        expect = _on("reference", conv, *args)
+        for path in FAST:
+            assert torch.equal(_on(path, conv, *args), expect), (trial, path)
+        assert conv._packed is not None  # oneDNN ran
+        checked += 1
+    assert checked == 80
