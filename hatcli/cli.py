@@ -363,6 +363,10 @@ def export(
     result = _guard(lambda: export_stage(loaded, stage, fmt, output, force=force), verbose)
     for line in result.lines():
         err.print(line, markup=False)
+    if result.kind == "integer":  # what the integer model it was checked against ran on
+        from hatcli.quant.nn.quantized.kernels import describe
+
+        err.print(f"[{stage}] {describe()}", markup=False)
 
 
 @app.command(short_help="Find the layers that cost accuracy; a report and what to change.")

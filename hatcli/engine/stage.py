@@ -40,6 +40,7 @@ from hatcli.quant.fake_quantize import FakeQuantize
 from hatcli.quant.graph.report import OpRecord
 from hatcli.quant.graph.report import as_json as quantization_json
 from hatcli.quant.graph.report import as_table as quantization_table
+from hatcli.quant.nn.quantized import kernels as integer_kernels
 from hatcli.quant.nn.quantized.base import IntegerModule
 from hatcli.spec import defaults
 from hatcli.spec.spec import Spec, StageSpec
@@ -263,6 +264,8 @@ def build_context(
     )
     if ctx.is_main and "quantization" in convert.notes:
         _report_quantization(ctx, convert.notes["quantization"], quiet, verbose)
+    if ctx.is_main and verbose and _is_integer_model(model):
+        print(f"[{ctx.stage}] {integer_kernels.describe()}", file=sys.stderr)
     _build_optimizer(spec, stage, ctx)
     ctx.callbacks = _checked_callbacks(spec, stage, ctx, quiet)
     if convert.loaded_checkpoint is not None:

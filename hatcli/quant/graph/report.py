@@ -52,6 +52,15 @@ def as_table(records: list[OpRecord]) -> str:
     return "\n".join(lines)
 
 
+_EAGER_RUNS_AS = {
+    "Elementwise": TABLE,
+    "QuantStub": QUANTIZE,
+    "DeQuantStub": DEQUANTIZE,
+    "ReLU": KEEPS_SCALE,
+    "MaxPool2d": KEEPS_SCALE,
+}
+
+
 def eager_records(model: nn.Module, spec: QConfigSpec | None = None) -> list[OpRecord]:
     """The ops of an eagerly prepared QAT model: each module with an integer form."""
     found = []
@@ -60,7 +69,7 @@ def eager_records(model: nn.Module, spec: QConfigSpec | None = None) -> list[OpR
             continue
         rule = spec.rule_for(name, [type(module).__name__]) if spec is not None else None
         out = getattr(module, "activation_post_process", False) is None
-        how = "table lookup" if type(module).__name__ == "Elementwise" else INT8
+        how = _EAGER_RUNS_AS.get(type(module).__name__, INT8)
         found.append(
             OpRecord(
                 name,
