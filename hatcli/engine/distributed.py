@@ -46,6 +46,14 @@ def init_process_group(backend: str, device: torch.device) -> None:
     dist.init_process_group(backend=backend)
 
 
+def join_launched_group(device: torch.device, backend: str = "auto") -> None:
+    """Join the launcher's process group when launched in several processes; the
+    backend is checked in any case (``nccl`` without CUDA is an ``InputError``)."""
+    chosen = choose_backend(backend, device)
+    if launched_world_size() > 1:
+        init_process_group(chosen, device)
+
+
 def lost_a_peer(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective failing because another rank died or hung.
 

@@ -68,8 +68,7 @@ class Trainer:
         """First, before the model, data and callbacks are built (e.g. join the process
         group); ``device`` is the stage's, already checked. An ``InputError`` raised here
         is reported at the stage's ``trainer``. Here: join the launcher's group, if any."""
-        if distributed.launched_world_size() > 1:
-            distributed.init_process_group(distributed.choose_backend("auto", device), device)
+        distributed.join_launched_group(device)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model after its convert pipeline (and a resumed checkpoint's weights),

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from hatcli.engine import distributed
 from hatcli.engine.context import LoopContext
 from hatcli.engine.data_checks import data_name, input_problem, refuse_non_finite_inputs
 from hatcli.engine.loop import Trainer
@@ -21,9 +20,7 @@ class Calibrator(Trainer):
     needs_optimizer = False
     supports_distributed = True
 
-    def setup(self, device: torch.device) -> None:
-        if distributed.launched_world_size() > 1:  # observers then reduce over ranks
-            distributed.init_process_group(distributed.choose_backend("auto", device), device)
+    # Trainer.setup joins the launcher's group: observers then reduce over ranks.
 
     def fit(self, ctx: LoopContext) -> None:
         fake_quants = [m for m in ctx.model.modules() if isinstance(m, FakeQuantize)]

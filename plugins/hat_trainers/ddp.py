@@ -39,9 +39,7 @@ class DistributedDataParallelTrainer(Trainer):
         self.find_unused_parameters = find_unused_parameters
 
     def setup(self, device: torch.device) -> None:
-        backend = distributed.choose_backend(self.backend, device)
-        if distributed.launched_world_size() > 1:
-            distributed.init_process_group(backend, device)
+        distributed.join_launched_group(device, self.backend)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         if self.sync_bn and distributed.world_size() > 1:

@@ -10,7 +10,6 @@ a depthwise 1x1 conv (weight 1) with that BN: a per-channel affine in every qat_
 
 from __future__ import annotations
 
-import operator
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -20,10 +19,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import hatcli.nn as float_nn
+from hatcli.quant.graph import ops
 from hatcli.quant.graph.tracer import SCOPE
-
-_ADDS: set[Any] = {operator.add, operator.iadd, torch.add, "add", "add_"}
-_RELU_CALLS: set[Any] = {F.relu, torch.relu, torch.relu_, F.relu_, "relu", "relu_"}
 
 
 def _activation(node: fx.Node, fuser: _Fuser) -> nn.Module | None:
@@ -44,9 +41,9 @@ def _activation(node: fx.Node, fuser: _Fuser) -> nn.Module | None:
     if node.target is F.hardtanh:
         bounds = (node.kwargs.get("min_val", -1.0), node.kwargs.get("max_val", 1.0))
         return nn.ReLU6() if bounds == (0.0, 6.0) else None
-    if node.target in _RELU_CALLS:
+    if node.target in ops.RELU:
         return nn.ReLU()
-    if node.target is F.relu6:
+    if node.target in ops.RELU6:
         return nn.ReLU6()
     return None
 
@@ -90,7 +87,7 @@ class _Fuser:
                 bn = candidate
                 chain.append(nxt)
                 nxt = _only_user(nxt)
-        if nxt is not None and nxt.target in _ADDS and len(nxt.args) == 2 and not nxt.kwargs:
+        if nxt is not None and nxt.target in ops.ADD and len(nxt.args) == 2 and not nxt.kwargs:
             other = nxt.args[1] if nxt.args[0] is chain[-1] else nxt.args[0]
             if isinstance(other, fx.Node) and other is not chain[-1] and other.op != "get_attr":
                 residual = other

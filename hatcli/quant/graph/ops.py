@@ -145,8 +145,9 @@ _FLOAT_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "hardtanh": F.hardtanh,
     "clamp": torch.clamp,
 }
-_RELU: set[Any] = {F.relu, torch.relu, torch.relu_, F.relu_, "relu", "relu_"}
-_RELU6: set[Any] = {F.relu6}
+RELU: set[Any] = {F.relu, torch.relu, torch.relu_, F.relu_, "relu", "relu_"}
+"""The calls of ReLU: functions and tensor methods."""
+RELU6: set[Any] = {F.relu6}
 
 
 def _elementwise(name: str, bound: dict[str, Arg]) -> Replacement | None:
@@ -167,7 +168,8 @@ def _elementwise(name: str, bound: dict[str, Arg]) -> Replacement | None:
 
 # --- arithmetic -----------------------------------------------------------------------
 
-_ADD: set[Any] = {operator.add, operator.iadd, torch.add, "add", "add_"}
+ADD: set[Any] = {operator.add, operator.iadd, torch.add, "add", "add_"}
+"""The calls of an addition: operators (``x + y``, ``out += y``), function, methods."""
 _SUB: set[Any] = {operator.sub, operator.isub, torch.sub, "sub", "sub_"}
 _MUL: set[Any] = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 _DIV: set[Any] = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
@@ -313,14 +315,14 @@ def match_call(node: fx.Node, tensors: set[fx.Node]) -> Replacement | None:
     """The QAT module for a call_function / call_method node on tensors, or ``None``
     (a shape op, an identity or a float island: see ``classify``)."""
     target, args, kwargs = node.target, list(node.args), dict(node.kwargs)
-    if target in _RELU:
+    if target in RELU:
         return Replacement("relu", "relu", [args[0]], lambda q: qat.ReLU(q), "keeps scale", False)
-    if target in _RELU6:
+    if target in RELU6:
         return Replacement("relu6", "relu6", [args[0]], lambda q: qat.ReLU6(q))
     if target in _ELEMENTWISE:
         name, names = _ELEMENTWISE[target]
         return _elementwise(name, _bind(names, args, kwargs))
-    for ops, op in ((_ADD, "add"), (_SUB, "sub"), (_MUL, "mul"), (_DIV, "div")):
+    for ops, op in ((ADD, "add"), (_SUB, "sub"), (_MUL, "mul"), (_DIV, "div")):
         if target in ops:
             if len(args) != 2 or kwargs.get("alpha", 1) != 1:
                 return None
