@@ -351,3 +351,21 @@ def test_a_conv_add_at_the_output_keeps_an_int8_output() -> None:
     assert "needs an output scale" in {r.name: r for r in records(qat_model)}["b"].qconfig
     _train(qat_model)
     _integer_equals_qat_eval(qat_model)
+
+
+class TableOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x)) * 2
+
+
+def test_int8_out_on_an_op_without_an_int32_form_keeps_an_int8_output() -> None:
+    qat_model = prepare(TableOut(), "fuse_bn", qconfig={"types": {"sigmoid": "int8_out"}})
+    sigmoid = {r.name: r for r in records(qat_model)}["sigmoid"]
+    assert sigmoid.runs_as == "table lookup"
+    assert sigmoid.qconfig.endswith("int8 out: this op needs an output scale")
+    _train(qat_model)
+    _integer_equals_qat_eval(qat_model)

@@ -233,14 +233,15 @@ class _Preparer:
                 _keep_float(module)
             self.island(node, rep.type_name, how)
             return
-        if rep.requantizes and qconfig.activation is None and qconfig.weight is None:
-            qconfig = get_default_qat_qconfig()
         if how == DEFAULT and rep.weighted and self._feeds_only_output(node):
             qconfig, how = get_default_qat_out_qconfig(), "default int32 out (model output)"
-        if rep.has_residual and qconfig.activation is None:
-            # The integer conv adds its residual on the output grid: it needs one.
+        # Only a conv or linear has an int32 form, and a conv adding a residual adds it
+        # on the output grid: every other op keeps an int8 output.
+        int32_impossible = rep.has_residual or not rep.weighted
+        if qconfig.activation is None and rep.requantizes and int32_impossible:
             qconfig = QConfig(get_default_qat_qconfig().activation, qconfig.weight)
-            how += "; int8 out: a conv with a residual add needs an output scale"
+            why = "a conv with a residual add" if rep.has_residual else "this op"
+            how += f"; int8 out: {why} needs an output scale"
         new_module = rep.make(qconfig)
         if rep.quantizes_inputs:
             args = [self._map(a, self.quantized_input) for a in rep.inputs]
