@@ -9,7 +9,7 @@ ops) run by ONNX Runtime; same inputs, batch 1/64/256.
 QAT models are prepared and run a few training steps on random data first, so observers
 hold real ranges; timings are interleaved medians. ``identical`` is the fraction of
 output elements equal to the hat integer model's (bit for bit) on the timed batch.
-``--hat-paths`` adds hat's integer model on other kernel paths (``kernels.PATHS``: the
+``--hat-paths`` adds hat's integer model in other kernel modes (``kernels.MODES``: the
 first is ``hat-int8``, the others ``hat-int8[path]``); ``--profile`` prints the top ops of
 one forward of ``hat-int8`` per model and batch (torch.profiler, self CPU time).
 """
@@ -113,7 +113,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
-        "--hat-paths", nargs="+", choices=kernels.PATHS, help="kernel paths (default: auto)"
+        "--hat-paths",
+        nargs="+",
+        choices=kernels.MODES,
+        help="kernel modes (default: the active one)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime variants")

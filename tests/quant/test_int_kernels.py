@@ -28,7 +28,7 @@ from hatcli.quant.nn.quantized import linear as linear_module
 from hatcli.quant.nn.quantized.requantize import requantize
 from hatcli.quant.qtensor import QTensor
 
-FAST = ["fused", "accumulator"]
+FAST = ["auto", "fused", "accumulator"]
 
 
 @pytest.fixture
@@ -169,6 +169,57 @@ def test_the_bracket_flags_rounding_ties_and_settles_them_exactly(
 
 
 @needs_onednn
+def test_auto_measures_each_layer_once_per_input_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    conv = _conv(32, 48, 3)
+    measured = []
+    original = Conv2d._measure
+
+    def counted(self: Conv2d, key: tuple[object, ...], *args: object) -> str:
+        measured.append(key)
+        return original(self, key, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Conv2d, "_measure", counted)
+    x, y = _activation((3, 32, 9, 10), 1), _activation((2, 32, 9, 10), 1)
+    for _ in range(3):
+        assert torch.equal(_on("auto", conv, x), _on("reference", conv, x))
+    assert len(measured) == 1
+    assert set(conv._fastest.values()) <= {"fused", "accumulator"}
+    _on("auto", conv, y)
+    assert len(measured) == 2  # another batch size: measured again
+
+
+@needs_onednn
+@pytest.mark.parametrize("residual", [False, True])
+def test_the_accumulator_path_requantizes_in_chunks_to_the_same_integers(
+    monkeypatch: pytest.MonkeyPatch, residual: bool
+) -> None:
+    monkeypatch.setattr(conv_module, "_REQUANT_CHUNK", 2 * 48 * 8 * 8)  # 2 of 5 images
+    conv = _conv(24, 48, 3, clamp=(0, 127), residual=residual)
+    x = _activation((5, 24, 8, 8), 4, low=0)
+    args = [x]
+    if residual:
+        args.append(QTensor(_activation((5, 48, 8, 8), 5).int_repr(), torch.tensor(0.03)))
+    assert torch.equal(_on("accumulator", conv, *args), _on("reference", conv, *args))
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 8, 8), (3, 5, 7, 3), (2, 64, 1, 1)])
+@pytest.mark.parametrize("differences", [0, 1, 40])
+def test_mismatches_finds_every_differing_position(
+    shape: tuple[int, ...], differences: int
+) -> None:
+    g = torch.Generator().manual_seed(differences)
+    lo = torch.randint(-128, 127, shape, generator=g, dtype=torch.int8)
+    lo = lo.contiguous(memory_format=torch.channels_last)
+    hi = lo.clone(memory_format=torch.channels_last)
+    flat = hi.permute(0, 2, 3, 1).reshape(-1)  # a view of hi's memory
+    at = torch.randperm(flat.numel(), generator=g)[:differences]
+    flat[at] += 1
+    expected = torch.ne(lo, hi).permute(0, 2, 3, 1).nonzero()[:, [0, 3, 1, 2]]
+    assert expected.shape[0] == min(differences, flat.numel())
+    assert torch.equal(kernels.mismatches(lo, hi), expected)
+
+
+@needs_onednn
 @pytest.mark.parametrize("in_features", [300, 2100])  # 2100: input-feature groups
 @pytest.mark.parametrize("int32_out", [False, True])
 def test_linear_on_onednn_equals_the_reference(in_features: int, int32_out: bool) -> None:
@@ -195,7 +246,9 @@ def test_describe_says_which_path_runs() -> None:
     line = kernels.describe()
     assert len(line) < 120 and "\n" not in line
     if kernels._onednn_status()[0]:
-        assert "oneDNN int8 conv with bracketed requantization" in line
+        assert "oneDNN int8 conv, exact, per layer bracketed or accumulator" in line
+        kernels.select("fused")
+        assert "oneDNN int8 conv with bracketed requantization" in kernels.describe()
     else:
         assert "reference" in line
 

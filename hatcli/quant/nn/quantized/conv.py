@@ -10,6 +10,7 @@ not fit); ``with_bn_reverse_fold`` quantized ``W * s`` already. The bias becomes
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 
@@ -36,6 +37,9 @@ from hatcli.quant.qat_mode import QATMode
 from hatcli.quant.qtensor import QTensor
 
 _CHUNK_ROWS = 16384
+_REQUANT_CHUNK = 2**17
+"""Accumulator elements requantized at a time on the accumulator path (measured: whole
+images of about this many values run 1.2-2x faster than a large batch in one pass)."""
 ONEDNN_MIN_MACS = 2**26
 ONEDNN_MIN_OUTPUTS = 2**19
 """Layers with fewer multiply-accumulates and fewer outputs than these per call take the
@@ -69,6 +73,7 @@ class Conv2d(WeightedIntegerModule):
         self._float32_exact: bool | None = None  # depthwise weights bound sums below 2**24
         self._packed: tuple[tuple[int, int], kernels.PackedConv] | None = None
         self._fused: dict[tuple[float | bool | None, ...], kernels.FusedParams | None] = {}
+        self._fastest: dict[tuple[object, ...], str] = {}  # kernels "auto": measured
 
     @classmethod
     def from_qat(cls, mod: qat.Conv2d) -> Conv2d:
@@ -100,6 +105,7 @@ class Conv2d(WeightedIntegerModule):
         self._float32_exact = None
         self._packed = None
         self._fused.clear()
+        self._fastest.clear()
 
     def _accumulate(self, xi: torch.Tensor) -> torch.Tensor:
         """The accumulator, channels-last [N, OH, OW, O], of int8 NCHW input: int32, or
@@ -215,11 +221,52 @@ class Conv2d(WeightedIntegerModule):
         path = self._path(xi)
         if path == "reference":
             return None
+        if path == "auto":
+            if p.out_scale is not None:  # an int32 output: nothing to bracket
+                path = "accumulator"
+            else:
+                key = (tuple(xi.shape), kernels.is_nonnegative(x), r is not None, s_in, s_res)
+                path = self._fastest.get(key) or self._measure(key, x, xi, r, p, s_in, s_res)
+        return self._onednn_output(path, x, xi, r, p, (s_in, s_res))
+
+    def _measure(
+        self,
+        key: tuple[object, ...],
+        x: torch.Tensor,
+        xi: torch.Tensor,
+        r: torch.Tensor | None,
+        p: RequantParams,
+        s_in: float,
+        s_res: float | None,
+    ) -> str:
+        """Time both oneDNN paths on this input (each twice: the first call compiles
+        oneDNN's kernels) and remember the faster for inputs like it."""
+        seconds = {}
+        for path in ("fused", "accumulator"):
+            for _ in range(2):
+                start = time.perf_counter()
+                self._onednn_output(path, x, xi, r, p, (s_in, s_res))
+                seconds[path] = time.perf_counter() - start
+        fastest = min(seconds, key=seconds.__getitem__)
+        self._fastest[key] = fastest
+        return fastest
+
+    def _onednn_output(
+        self,
+        path: str,
+        x: torch.Tensor,
+        xi: torch.Tensor,
+        r: torch.Tensor | None,
+        p: RequantParams,
+        scales: tuple[float, float | None],
+    ) -> torch.Tensor | None:
+        """The channels-last output on ``path`` ("fused" or "accumulator"), or ``None``
+        where neither can run exactly."""
         packed = self._packed_conv()
         nonnegative = kernels.is_nonnegative(x)
         fp = None
         if p.out_scale is None and path == "fused":
-            fp = self._fused_params(p, packed, (s_in, s_res), nonnegative)
+            fp = self._fused_params(p, packed, scales, nonnegative)
         # The byte-wise passes around the convs (uint8 input, residual copies, the check
         # and its few recomputations) run on one thread: see kernels.one_thread.
         copies = not nonnegative or (r is not None and fp is not None)
@@ -235,7 +282,17 @@ class Conv2d(WeightedIntegerModule):
             return lo.permute(0, 2, 3, 1)
         if not packed.accumulator_exact:
             return None
-        return self._finish(packed.accumulate(xu, zp), p, r)
+        acc = packed.accumulate(xu, zp)
+        # Requantized a few images at a time, its float64 temporaries stay in the cache.
+        step = max(1, _REQUANT_CHUNK // max(1, acc[0].numel()))
+        if step >= acc.shape[0]:
+            return self._finish(acc, p, r)
+        return torch.cat(
+            [
+                self._finish(acc[i : i + step], p, None if r is None else r[i : i + step])
+                for i in range(0, acc.shape[0], step)
+            ]
+        )
 
     def _fused_params(
         self,

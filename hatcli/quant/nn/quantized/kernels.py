@@ -69,30 +69,38 @@ import torch
 from hatcli.quant.nn.quantized.int_matmul import FLOAT32_EXACT, float32_convolution_is_exact
 
 PATHS = ("fused", "accumulator", "reference")
-"""The integer conv's paths, fastest first: oneDNN's requantized output (bracketed),
-oneDNN's float32 accumulator with hat's requantization, and ``torch._int_mm`` on an im2col."""
+"""The integer conv's paths: oneDNN's requantized output (bracketed), oneDNN's float32
+accumulator with hat's requantization, and ``torch._int_mm`` on an im2col."""
+
+MODES = ("auto", *PATHS)
+"""What ``select`` and ``HAT_INT_KERNELS`` take: ``auto`` (the default) runs each large
+conv on whichever of ``fused`` and ``accumulator`` measured faster for it at first use
+(as ``torch.backends.cudnn.benchmark`` does: both give the same integers, so the choice
+changes only the speed); a path name runs every layer on that path."""
 
 ZERO_POINT = 128  # uint8 activations: q + 128
 
 _lock = threading.Lock()
-_selected: str | None = None  # None: the fastest path the machine passes
+_selected: str | None = None  # None: HAT_INT_KERNELS, else auto
 _status: tuple[bool, str] | None = None  # (self-test passed, why not)
 
 
-def select(path: str | None) -> None:
-    """Run integer convs on ``path`` (one of ``PATHS``; ``None``: the fastest available).
-    A oneDNN path the machine cannot run exactly still falls back to ``reference``."""
+def select(mode: str | None) -> None:
+    """Run integer convs in ``mode`` (one of ``MODES``; ``None``: ``HAT_INT_KERNELS``, else
+    ``auto``). A oneDNN path the machine cannot run exactly still falls back to
+    ``reference``."""
     global _selected
-    if path is not None and path not in PATHS:
-        raise ValueError(f"integer kernel path must be one of {PATHS}, not {path!r}")
-    _selected = path
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"integer kernel mode must be one of {MODES}, not {mode!r}")
+    _selected = mode
 
 
 def active_path() -> str:
-    """The path integer convs run on now (the self-test runs at the first call)."""
-    wanted = _selected or os.environ.get("HAT_INT_KERNELS", "").strip().lower() or "fused"
-    if wanted not in PATHS:
-        wanted = "fused"
+    """The mode integer convs run in now, one of ``MODES`` (the self-test runs at the
+    first call)."""
+    wanted = _selected or os.environ.get("HAT_INT_KERNELS", "").strip().lower() or "auto"
+    if wanted not in MODES:
+        wanted = "auto"
     if wanted == "reference" or not _onednn_status()[0]:
         return "reference"
     return wanted
@@ -102,15 +110,18 @@ def describe() -> str:
     """One line saying which kernels the integer model runs on, and why."""
     path = active_path()
     ok, why = _onednn_status()
-    if path == "fused":
+    passed = f"self-test passed, {_isa()}"
+    if path == "auto":
         return (
-            "integer kernels: oneDNN int8 conv with bracketed requantization, exact "
-            f"(self-test passed, {_isa()})"
+            "integer kernels: oneDNN int8 conv, exact, per layer bracketed or accumulator, "
+            f"the faster ({passed})"
         )
+    if path == "fused":
+        return f"integer kernels: oneDNN int8 conv with bracketed requantization, exact ({passed})"
     if path == "accumulator":
         return (
             "integer kernels: oneDNN int8 conv, float32 accumulator, float64 requantization, "
-            f"exact (self-test passed, {_isa()})"
+            f"exact ({passed})"
         )
     reason = "set aside by kernels.select or HAT_INT_KERNELS" if ok else why
     return f"integer kernels: reference (torch._int_mm on im2col, exact; oneDNN: {reason})"
@@ -428,18 +439,26 @@ def fused_params(
     )
 
 
+_BYTE = torch.arange(8)
+
+
 def mismatches(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Indices (rows of ``[n, c, h, w]``, int64 [K, 4]) where two int8 NCHW tensors of the
-    same channels-last layout differ; compared 8 bytes at a time where the layout allows."""
+    same channels-last layout differ. Where the layout allows, the bytes are compared 8 at
+    a time and the flags of 8 words searched as one word: the differences are few (about
+    2 ``eps`` of the positions), so only the words and bytes around them are looked at."""
     nhwc_lo, nhwc_hi = lo.permute(0, 2, 3, 1), hi.permute(0, 2, 3, 1)
     h, w, c = nhwc_lo.shape[1:]
-    if nhwc_lo.is_contiguous() and nhwc_hi.is_contiguous() and nhwc_lo.numel() % 8 == 0:
+    if nhwc_lo.is_contiguous() and nhwc_hi.is_contiguous() and nhwc_lo.numel() % 64 == 0:
         flat_lo, flat_hi = nhwc_lo.reshape(-1), nhwc_hi.reshape(-1)
-        words = torch.ne(flat_lo.view(torch.int64), flat_hi.view(torch.int64)).nonzero()
-        if words.numel() == 0:
+        differ = torch.ne(flat_lo.view(torch.int64), flat_hi.view(torch.int64))
+        blocks = differ.view(torch.uint8).view(torch.int64).nonzero().reshape(-1)
+        if blocks.numel() == 0:
             return torch.empty(0, 4, dtype=torch.int64)
-        cand = (words * 8 + torch.arange(8)).reshape(-1)
-        flat = cand[flat_lo[cand] != flat_hi[cand]]
+        words = (blocks.unsqueeze(1) * 8 + _BYTE).reshape(-1)
+        words = words.masked_select(differ.index_select(0, words))
+        cand = (words.unsqueeze(1) * 8 + _BYTE).reshape(-1)
+        flat = cand.masked_select(flat_lo.index_select(0, cand) != flat_hi.index_select(0, cand))
     else:
         flat = torch.ne(nhwc_lo, nhwc_hi).reshape(-1).nonzero().reshape(-1)
     ci = flat % c
