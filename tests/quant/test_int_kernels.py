@@ -264,18 +264,6 @@ def test_a_failed_self_test_falls_back_to_the_reference(monkeypatch: pytest.Monk
     monkeypatch.setattr(kernels, "_status", None)  # the real self-test again next time
 
 
-def test_one_thread_restores_torchs_threads_even_on_an_error() -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with pytest.raises(ValueError), kernels.one_thread():
-            assert torch.get_num_threads() == 1
-            raise ValueError
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_a_reduced_float32_precision_turns_onednn_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ONEDNN_DEFAULT_FPMATH_MODE", "BF16")
     assert kernels.active_path() == "reference"

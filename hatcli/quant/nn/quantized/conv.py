@@ -9,7 +9,6 @@ not fit); ``with_bn_reverse_fold`` quantized ``W * s`` already. The bias becomes
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -267,18 +266,13 @@ class Conv2d(WeightedIntegerModule):
         fp = None
         if p.out_scale is None and path == "fused":
             fp = self._fused_params(p, packed, scales, nonnegative)
-        # The byte-wise passes around the convs (uint8 input, residual copies, the check
-        # and its few recomputations) run on one thread: see kernels.one_thread.
-        copies = not nonnegative or (r is not None and fp is not None)
-        with kernels.one_thread() if copies else contextlib.nullcontext():
-            xu, zp = kernels.as_uint8(xi, nonnegative)
-            residuals = None if r is None or fp is None else kernels.residual_operands(r)
+        xu, zp = kernels.as_uint8(xi, nonnegative)
         if fp is not None:
+            residuals = None if r is None else kernels.residual_operands(r)
             lo, hi = packed.bracketed(xu, zp, fp, residuals)
-            with kernels.one_thread():
-                self._settle(lo, hi, xi, r, p, packed)
-                if fp.clamp_after:
-                    lo.clamp_(self.qmin, self.qmax)
+            self._settle(lo, hi, xi, r, p, packed)
+            if fp.clamp_after:
+                lo.clamp_(self.qmin, self.qmax)
             return lo.permute(0, 2, 3, 1)
         if not packed.accumulator_exact:
             return None

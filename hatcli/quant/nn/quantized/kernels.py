@@ -59,8 +59,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -181,27 +180,6 @@ def reset() -> None:
     """Forget the self-test's result (tests)."""
     global _status
     _status = None
-
-
-ONE_THREAD = True
-"""Whether ``one_thread`` takes effect (measured: on a busy 2-core machine the integer
-model is 2-3x faster with it; ``False`` runs those ops on torch's threads)."""
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the enclosed ops on one thread: the bracket's check and its few exact
-    recomputations are many small ops, each of which, run on several threads, waits for
-    all of them at its end (costly on a busy machine, with nothing to gain)."""
-    before = torch.get_num_threads()
-    if before == 1 or not ONE_THREAD:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --- uint8 activations -----------------------------------------------------------------
