@@ -238,7 +238,8 @@ def test_linear_on_onednn_equals_the_reference(in_features: int, int32_out: bool
     assert (len(lin._packed[1].ranges) > 1) == (in_features > 2000)
 
 
-def test_describe_says_which_path_runs() -> None:
+def test_describe_says_which_path_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HAT_INT_KERNELS", raising=False)
     kernels.select("reference")
     assert kernels.describe().startswith("integer kernels: reference")
     assert "\n" not in kernels.describe()
