@@ -7,9 +7,21 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 import hatcli
+from hatcli.nn import ConvBNReLU2d
+from hatcli.quant import (
+    DeQuantStub,
+    QuantizationError,
+    QuantStub,
+    convert,
+    prepare_qat,
+    qconfig_manager,
+)
 from hatcli.quant.graph import records
+from hatcli.quant.graph.report import eager_records
 from hatcli.quant.nn import qat
 
 PLUGIN = """
@@ -146,3 +158,44 @@ def test_qconfig_mistakes_are_located(build, qconfig: str, fragment: str) -> Non
     with pytest.raises(hatcli.InputError, match=fragment) as caught:
         build("Plain", qconfig=f"      qconfig: {qconfig}\n")
     assert "spec.yaml:" in str(caught.value)
+
+
+def test_an_eager_float_part_with_int8_input_is_named_when_the_integer_model_runs(build) -> None:  # type: ignore[no-untyped-def]
+    """Eager preparation places no stubs: a conv a rule keeps float between quantized ops
+    would get int8 tensors. The log lists it; the integer model names it, and the fix."""
+    model = build("Hat", qconfig="      qconfig: {modules: {features: float}}\n")
+    ops = {r.name: r for r in eager_records(model)}
+    assert ops["features"].runs_as == "float island"
+    assert "head.1" in ops and "features.conv" not in ops
+    integer = convert(model.eval())
+    with pytest.raises(QuantizationError) as caught:
+        integer(torch.randn(2, 1, 8, 8))
+    assert isinstance(caught.value, hatcli.InputError)  # one line, exit status 2
+    assert str(caught.value).startswith(
+        "features (ConvBNReLU2d) is kept float but gets a quantized input: "
+    )
+    assert "Float2QAT mode: graph" in str(caught.value)
+
+
+def test_a_float_part_after_the_models_own_dequant_stub_still_runs() -> None:
+    class TailKeptFloat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant, self.dequant = QuantStub(), DeQuantStub()
+            self.features = ConvBNReLU2d(1, 4, 3, padding=1)
+            self.head = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.dequant(self.features(self.quant(x)))
+            return self.head(x.flatten(1))
+
+    model = TailKeptFloat()
+    model.features.fuse_model()
+    model.qconfig = qconfig_manager.get_default_qat_qconfig()
+    model.head.qconfig = None
+    qat_model = prepare_qat(model.train(), "fuse_bn")
+    qat_model(torch.randn(4, 1, 8, 8))  # observers see data
+    x = torch.randn(2, 1, 8, 8)
+    out = convert(qat_model.eval())(x)
+    assert out.dtype == torch.float32 and out.shape == (2, 3)
+    assert [r.name for r in eager_records(qat_model) if r.runs_as == "float island"] == ["head"]

@@ -22,9 +22,10 @@ from hatcli.quant.graph.report import (
     KEEPS_SCALE,
     TABLE,
     OpRecord,
+    kept_float,
 )
 from hatcli.quant.graph.tracer import SCOPE
-from hatcli.quant.mappings import FLOAT_TO_QAT, QAT_TO_INTEGER
+from hatcli.quant.mappings import QAT_TO_INTEGER
 from hatcli.quant.qconfig_spec import QConfigSpec
 
 STUB_TYPES = ("QuantStub", "DeQuantStub")
@@ -83,13 +84,6 @@ def _eager_runs_as(module: nn.Module) -> str:
     return INT32_OUT if getattr(module, "activation_post_process", False) is None else INT8
 
 
-def _kept_float(module: nn.Module) -> bool:
-    """A module that has a QAT form but was kept float, with no quantized op inside."""
-    if type(module) not in FLOAT_TO_QAT or getattr(module, "qconfig", 0) is not None:
-        return False
-    return not any(_is_op(m) for m in module.modules())
-
-
 def _eager_layers(model: nn.Module, spec: QConfigSpec) -> list[Layer]:
     found: list[Layer] = []
     skip: list[str] = []
@@ -101,7 +95,7 @@ def _eager_layers(model: nn.Module, spec: QConfigSpec) -> list[Layer]:
             how = f"spec: {rule.text}" if rule is not None else "model's set_qconfig"
             found.append(Layer(name, type(module).__name__, _eager_runs_as(module), how, module))
             skip.append(name)
-        elif _kept_float(module):
+        elif kept_float(module):
             rule = spec.rule_for(name, [type(module).__name__])
             how = f"spec: {rule.text}" if rule is not None else "qconfig None"
             found.append(Layer(name, type(module).__name__, FLOAT_ISLAND, how, module))

@@ -7,16 +7,20 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
+from hatcli.errors import InputError
 from hatcli.quant.mappings import FLOAT_TO_QAT, QAT_TO_INTEGER
 from hatcli.quant.qat_mode import QATMode, get_qat_mode
 from hatcli.quant.qconfig import QConfig
+from hatcli.quant.qtensor import QTensor
 
 
-class QuantizationError(TypeError):
-    """A module cannot be converted; the message names its path in the model."""
+class QuantizationError(InputError, TypeError):
+    """A module cannot be converted or run as converted; the message names its path in
+    the model. An input error: hat reports it in one line and exits with status 2."""
 
 
 def propagate_qconfig_(module: nn.Module, qconfig: QConfig | None = None) -> None:
@@ -104,9 +108,42 @@ def convert(
     def keep_float(m: nn.Module) -> bool:
         return type(m) not in qat_types and getattr(m, "qconfig", None) is None
 
+    if not keep_float(model):
+        _guard_float_parts(model, "", keep_float)
     integer = _swap(model, "", table, keep_float, "integer")
     # What stays float (a float island's LayerNorm) is frozen with the rest: the
     # integer model cannot train, and its stubs refuse inputs that need a gradient.
     for p in integer.parameters():
         p.requires_grad_(False)
     return integer
+
+
+def _guard_float_parts(
+    module: nn.Module, path: str, keep_float: Callable[[nn.Module], bool]
+) -> None:
+    """Give each float part with weights inside the quantized model a check of its input
+    (``RefuseQuantizedInput``): graph mode places stubs around such a part, but an
+    eagerly prepared model whose qconfig keeps a conv float without them would hand it
+    int8 tensors."""
+    for name, child in module.named_children():
+        child_path = f"{path}.{name}" if path else name
+        if not keep_float(child):
+            _guard_float_parts(child, child_path, keep_float)
+        elif any(True for _ in child.parameters()):
+            child.register_forward_pre_hook(RefuseQuantizedInput(child_path))
+
+
+class RefuseQuantizedInput:
+    """Forward pre-hook: a float part of the integer model got an int8 input."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if any(isinstance(a, QTensor) for a in args):
+            raise QuantizationError(
+                f"{self.path} ({type(module).__name__}) is kept float but gets a quantized "
+                "input: dequantize before it and quantize after it in the model "
+                "(DeQuantStub, QuantStub), or prepare it with Float2QAT mode: graph, "
+                "which places them"
+            )

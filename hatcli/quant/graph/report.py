@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from hatcli.quant.mappings import QAT_TO_INTEGER
+from hatcli.quant.mappings import FLOAT_TO_QAT, QAT_TO_INTEGER
 from hatcli.quant.qconfig_spec import QConfigSpec
 
 INT8 = "int8"
@@ -61,13 +61,30 @@ _EAGER_RUNS_AS = {
 }
 
 
+def kept_float(module: nn.Module) -> bool:
+    """A module that has a QAT form but was kept float (its qconfig is ``None``), with no
+    quantized op inside."""
+    if type(module) not in FLOAT_TO_QAT or getattr(module, "qconfig", 0) is not None:
+        return False
+    return not any(type(m) in QAT_TO_INTEGER for m in module.modules())
+
+
 def eager_records(model: nn.Module, spec: QConfigSpec | None = None) -> list[OpRecord]:
-    """The ops of an eagerly prepared QAT model: each module with an integer form."""
+    """The ops of an eagerly prepared QAT model: each module with an integer form, and
+    each module kept float (by a ``float`` rule or the model's ``qconfig = None``)."""
     found = []
+    kept: list[str] = []
     for name, module in model.named_modules():
-        if type(module) not in QAT_TO_INTEGER:
+        if any(name.startswith(k + ".") for k in kept):
             continue
         rule = spec.rule_for(name, [type(module).__name__]) if spec is not None else None
+        if name and kept_float(module):
+            kept.append(name)
+            how = f"spec: {rule.text}" if rule is not None else "qconfig None"
+            found.append(OpRecord(name, type(module).__name__, FLOAT_ISLAND, how))
+            continue
+        if type(module) not in QAT_TO_INTEGER:
+            continue
         out = getattr(module, "activation_post_process", False) is None
         how = _EAGER_RUNS_AS.get(type(module).__name__, INT8)
         found.append(
