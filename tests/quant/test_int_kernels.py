@@ -214,9 +214,42 @@ def test_mismatches_finds_every_differing_position(
     flat = hi.permute(0, 2, 3, 1).reshape(-1)  # a view of hi's memory
     at = torch.randperm(flat.numel(), generator=g)[:differences]
     flat[at] += 1
-    expected = torch.ne(lo, hi).permute(0, 2, 3, 1).nonzero()[:, [0, 3, 1, 2]]
+    expected = torch.ne(lo, hi).permute(0, 2, 3, 1).reshape(-1).nonzero().reshape(-1)
     assert expected.shape[0] == min(differences, flat.numel())
     assert torch.equal(kernels.mismatches(lo, hi), expected)
+    values = torch.arange(expected.numel(), dtype=torch.int8)
+    for layout in (torch.channels_last, torch.contiguous_format):
+        target = lo.clone(memory_format=layout)
+        kernels.put_nhwc(target, expected, values)
+        assert torch.equal(target.permute(0, 2, 3, 1).reshape(-1)[expected], values)
+        assert int((target != lo).sum()) <= expected.numel()
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "geometry"),
+    [
+        (8, 6, 3, kernels.ConvGeometry((1, 1), (1, 1), (1, 1), 1)),
+        (8, 6, 3, kernels.ConvGeometry((2, 1), (2, 0), (2, 1), 1)),
+        (8, 8, 3, kernels.ConvGeometry((1, 1), (1, 1), (1, 1), 8)),  # depthwise
+        (8, 12, 1, kernels.ConvGeometry((2, 2), (0, 0), (1, 1), 4)),  # grouped 1x1, strided
+        (3, 5, 5, kernels.ConvGeometry((1, 2), (2, 2), (1, 1), 1)),
+    ],
+)
+def test_exact_conv_at_is_the_convolution_at_every_position(
+    cin: int, cout: int, k: int, geometry: kernels.ConvGeometry
+) -> None:
+    g = torch.Generator().manual_seed(cin * cout + k)
+    x = torch.randint(-128, 128, (3, cin, 7, 9), generator=g, dtype=torch.int8)
+    w = torch.randint(
+        -128, 128, (cout, cin // geometry.groups, k, k), generator=g, dtype=torch.int8
+    )
+    exact = F.conv2d(x.double(), w.double(), None, *geometry.args())
+    packed = kernels.PackedConv(w, geometry)
+    windows = packed.windows(7, 9)
+    assert windows.out_size == tuple(exact.shape[2:])
+    at = torch.arange(exact.numel())  # every output position, in NHWC order
+    got = kernels.exact_conv_at(x, packed.taps, geometry, windows, at)
+    assert torch.equal(got.double(), exact.permute(0, 2, 3, 1).reshape(-1))
 
 
 @needs_onednn

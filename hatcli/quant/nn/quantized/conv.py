@@ -319,16 +319,17 @@ class Conv2d(WeightedIntegerModule):
         """Write the exact requantized value into ``lo`` where the bracket left it open
         (``lo != hi``): the accumulator recomputed from the integers, then ``requantize``."""
         at = kernels.mismatches(lo, hi)
-        if at.shape[0] == 0:
+        if at.numel() == 0:
             return
-        n, c, h, w = at.unbind(1)
-        acc = kernels.exact_conv_at(xi, packed.taps, packed.geometry, at)
+        c = at % lo.shape[1]
+        windows = packed.windows(xi.shape[2], xi.shape[3])
+        acc = kernels.exact_conv_at(xi, packed.taps, packed.geometry, windows, at)
         assert p.shift is not None
         terms = [(acc, p.mults[0][c])]
         if r is not None:
-            terms.append((r[n, c, h, w], p.mults[1][c]))
+            terms.append((r.permute(0, 2, 3, 1).reshape(-1).index_select(0, at), p.mults[1][c]))
         q = requantize(terms, p.shift[c], self.qmin, self.qmax, bound=p.bound, offset=p.bias[c])
-        lo[n, c, h, w] = q
+        kernels.put_nhwc(lo, at, q)
 
     def forward(self, x: torch.Tensor) -> QTensor:
         return self._run(x)

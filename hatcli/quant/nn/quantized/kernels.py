@@ -266,6 +266,15 @@ class PackedConv:
         w = weight.to(torch.int64).flatten(1)
         self.weight_sums = w.sum(dim=1)  # sum(w) per output channel
         self.taps = weight.permute(0, 2, 3, 1).to(torch.int16).contiguous()  # exact_conv_at
+        self._windows: dict[tuple[int, int], Windows] = {}
+
+    def windows(self, h: int, w: int) -> Windows:
+        """``exact_conv_at``'s windows for an input of ``h`` x ``w`` (made once per size)."""
+        found = self._windows.get((h, w))
+        if found is None:
+            kernel = (self.weight.shape[2], self.weight.shape[3])
+            found = self._windows[h, w] = Windows.of(h, w, kernel, self.geometry)
+        return found
 
     def _pack(self, zero_point: int, start: int, stop: int) -> torch.Tensor:
         key = (zero_point, start, stop)
@@ -421,65 +430,98 @@ _BYTE = torch.arange(8)
 
 
 def mismatches(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Indices (rows of ``[n, c, h, w]``, int64 [K, 4]) where two int8 NCHW tensors of the
-    same channels-last layout differ. Where the layout allows, the bytes are compared 8 at
-    a time and the flags of 8 words searched as one word: the differences are few (about
-    2 ``eps`` of the positions), so only the words and bytes around them are looked at."""
+    """Where two int8 NCHW tensors of the same channels-last layout differ: indices
+    (int64 [K], ascending) into their values in NHWC order. Where the layout allows, the
+    bytes are compared 8 at a time and the flags of 8 words searched as one word: the
+    differences are few (about 2 ``eps`` of the positions), so only the words and bytes
+    around them are looked at."""
     nhwc_lo, nhwc_hi = lo.permute(0, 2, 3, 1), hi.permute(0, 2, 3, 1)
-    h, w, c = nhwc_lo.shape[1:]
     if nhwc_lo.is_contiguous() and nhwc_hi.is_contiguous() and nhwc_lo.numel() % 64 == 0:
         flat_lo, flat_hi = nhwc_lo.reshape(-1), nhwc_hi.reshape(-1)
         differ = torch.ne(flat_lo.view(torch.int64), flat_hi.view(torch.int64))
         blocks = differ.view(torch.uint8).view(torch.int64).nonzero().reshape(-1)
         if blocks.numel() == 0:
-            return torch.empty(0, 4, dtype=torch.int64)
+            return blocks
         words = (blocks.unsqueeze(1) * 8 + _BYTE).reshape(-1)
         words = words.masked_select(differ.index_select(0, words))
         cand = (words.unsqueeze(1) * 8 + _BYTE).reshape(-1)
-        flat = cand.masked_select(flat_lo.index_select(0, cand) != flat_hi.index_select(0, cand))
-    else:
-        flat = torch.ne(nhwc_lo, nhwc_hi).reshape(-1).nonzero().reshape(-1)
-    ci = flat % c
-    rest = flat // c
-    wi = rest % w
-    rest = rest // w
-    hi_ = rest % h
-    ni = rest // h
-    return torch.stack([ni, ci, hi_, wi], dim=1)
+        return cand.masked_select(flat_lo.index_select(0, cand) != flat_hi.index_select(0, cand))
+    return torch.ne(nhwc_lo, nhwc_hi).reshape(-1).nonzero().reshape(-1)
+
+
+def put_nhwc(t: torch.Tensor, flat: torch.Tensor, values: torch.Tensor) -> None:
+    """``t``'s values at NHWC-order indices ``flat`` (as ``mismatches`` gives) become
+    ``values``, in place, whatever ``t``'s layout."""
+    nhwc = t.permute(0, 2, 3, 1)
+    if nhwc.is_contiguous():
+        nhwc.reshape(-1).index_copy_(0, flat, values)
+        return
+    _, h, w, c = nhwc.shape
+    nhwc[flat // (h * w * c), flat // (w * c) % h, flat // c % w, flat % c] = values
+
+
+@dataclass
+class Windows:
+    """For one input size: each output position's input pixels, one per tap (their
+    offsets within an image, clamped to it) and which taps fall in the zero padding."""
+
+    pixels: torch.Tensor  # int64 [OH * OW, kh * kw]
+    padding: torch.Tensor  # bool [OH * OW, kh * kw]
+    any_padding: bool
+    out_size: tuple[int, int]
+
+    @classmethod
+    def of(cls, h: int, w: int, kernel: tuple[int, int], geometry: ConvGeometry) -> Windows:
+        (kh, kw), (sh, sw), (ph, pw) = kernel, geometry.stride, geometry.padding
+        dh, dw = geometry.dilation
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        ih = (torch.arange(oh) * sh - ph).view(-1, 1, 1, 1) + (torch.arange(kh) * dh).view(
+            1, 1, -1, 1
+        )
+        iw = (torch.arange(ow) * sw - pw).view(1, -1, 1, 1) + (torch.arange(kw) * dw).view(
+            1, 1, 1, -1
+        )
+        padding = ((ih < 0) | (ih >= h)) | ((iw < 0) | (iw >= w))  # [oh, ow, kh, kw]
+        pixels = ih.clamp(0, h - 1) * w + iw.clamp(0, w - 1)
+        return cls(
+            pixels.reshape(oh * ow, kh * kw),
+            padding.reshape(oh * ow, kh * kw),
+            bool(padding.any()),
+            (oh, ow),
+        )
 
 
 def exact_conv_at(
-    x: torch.Tensor, taps: torch.Tensor, geometry: ConvGeometry, at: torch.Tensor
+    x: torch.Tensor, taps: torch.Tensor, geometry: ConvGeometry, windows: Windows, at: torch.Tensor
 ) -> torch.Tensor:
     """The exact int32 accumulators of int8 ``x`` [N, C, H, W] at output positions ``at``
-    ([K, 4] rows of ``[n, o, oh, ow]``), ``taps`` the weights as int16 [O, kh, kw, C/groups]:
-    each window's rows of channels gathered from the channels-last input, multiplied in
-    int16 (``|x * w| <= 2**14``) and summed in int32 (``|acc| < 2**31`` for any int8 layer
-    of fewer than 2**17 taps per output)."""
-    n, o, oh, ow = at.unbind(1)
-    _, kh, kw, cin = taps.shape
-    (sh, sw), (ph, pw), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    (indices into the output in NHWC order), ``taps`` the weights as int16
+    [O, kh, kw, C/groups], ``windows`` those of ``x``'s size: each window's rows of
+    channels gathered from the channels-last input, multiplied in int16
+    (``|x * w| <= 2**14``) and summed in int32 (``|acc| < 2**31`` for any int8 layer of
+    fewer than 2**17 taps per output)."""
+    o_count, kh, kw, cin = taps.shape
+    oh, ow = windows.out_size
     rows = x.permute(0, 2, 3, 1)
     if not rows.is_contiguous():
         rows = rows.contiguous()
     big_n, h, w, c = rows.shape
-    ih = (oh * sh - ph).unsqueeze(1) + torch.arange(kh) * dh  # [K, kh]
-    iw = (ow * sw - pw).unsqueeze(1) + torch.arange(kw) * dw  # [K, kw]
-    outside = ((ih < 0) | (ih >= h)).unsqueeze(2) | ((iw < 0) | (iw >= w)).unsqueeze(1)
-    pixel = (n.view(-1, 1, 1) * h + ih.clamp(0, h - 1).unsqueeze(2)) * w + iw.clamp(
-        0, w - 1
-    ).unsqueeze(1)  # [K, kh, kw]
+    o = at % o_count
+    position = at // o_count  # n * OH * OW + oh * OW + ow
+    within = position % (oh * ow)
+    pixel = windows.pixels.index_select(0, within) + (position // (oh * ow) * (h * w)).unsqueeze(1)
     if geometry.groups == 1:
         patch = rows.reshape(big_n * h * w, c).index_select(0, pixel.reshape(-1))
     else:
-        group = o // (taps.shape[0] // geometry.groups)
+        group = o // (o_count // geometry.groups)
         grouped = rows.reshape(big_n * h * w, geometry.groups, cin)
         patch = grouped[pixel.reshape(-1), group.repeat_interleave(kh * kw)]
-    dropped = outside.reshape(-1).nonzero().reshape(-1)  # taps in the zero padding: few
-    if dropped.numel():
-        patch[dropped] = 0
-    products = patch.view(-1, kh, kw, cin).to(torch.int16).mul_(taps.index_select(0, o))
-    return products.sum(dim=(1, 2, 3), dtype=torch.int32)
+    patch = patch.view(-1, kh * kw, cin)
+    if windows.any_padding:
+        patch = patch.masked_fill(windows.padding.index_select(0, within).unsqueeze(2), 0)
+    products = patch.to(torch.int16).mul_(taps.index_select(0, o).view(-1, kh * kw, cin))
+    return products.sum(dim=(1, 2), dtype=torch.int32)
 
 
 # --- linear ----------------------------------------------------------------------------
