@@ -226,26 +226,24 @@ class Conv2d(WeightedIntegerModule):
                 path = "accumulator"
             else:
                 key = (tuple(xi.shape), kernels.is_nonnegative(x), r is not None, s_in, s_res)
-                path = self._fastest.get(key) or self._measure(key, x, xi, r, p, s_in, s_res)
+                path = self._fastest.get(key) or self._measure(key, (x, xi, r), p, (s_in, s_res))
         return self._onednn_output(path, x, xi, r, p, (s_in, s_res))
 
     def _measure(
         self,
         key: tuple[object, ...],
-        x: torch.Tensor,
-        xi: torch.Tensor,
-        r: torch.Tensor | None,
+        inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
         p: RequantParams,
-        s_in: float,
-        s_res: float | None,
+        scales: tuple[float, float | None],
     ) -> str:
-        """Time both oneDNN paths on this input (each twice: the first call compiles
-        oneDNN's kernels) and remember the faster for inputs like it."""
+        """Time both oneDNN paths on these inputs (``(x, xi, r)`` as ``_onednn_output``
+        takes them; each path twice: the first call compiles oneDNN's kernels) and
+        remember the faster for inputs like them."""
         seconds = {}
         for path in ("fused", "accumulator"):
             for _ in range(2):
                 start = time.perf_counter()
-                self._onednn_output(path, x, xi, r, p, (s_in, s_res))
+                self._onednn_output(path, *inputs, p, scales)
                 seconds[path] = time.perf_counter() - start
         fastest = min(seconds, key=seconds.__getitem__)
         self._fastest[key] = fastest
