@@ -221,6 +221,21 @@ def test_int8_kernels_are_exact() -> None:
         assert torch.equal(acc.permute(0, 3, 1, 2).double(), ref)
 
 
+@pytest.mark.parametrize(("m", "k", "n"), [(50, 1, 2), (1, 7, 3), (5, 1, 1), (1, 1, 4), (9, 4, 1)])
+def test_int8_matmul_is_exact_on_matrices_of_one_row_or_column(m: int, k: int, n: int) -> None:
+    """A transposed column ([1, n] with strides (1, 1), as a grouped 1x1 conv of one
+    input channel per group has for weights) is multiplied exactly too."""
+    g = torch.Generator().manual_seed(m * k * n)
+    a = torch.randint(-128, 128, (k, m), dtype=torch.int8, generator=g).t().contiguous()
+    b = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g).t().contiguous()
+    assert torch.equal(int8_matmul(a, b).long(), a.long() @ b.long())
+    x = torch.randint(-128, 128, (2, 4, 5, 5), dtype=torch.int8, generator=g)
+    w = torch.randint(-128, 128, (8, 1, 1, 1), dtype=torch.int8, generator=g)  # 2 outs a group
+    ref = nn.functional.conv2d(x.double(), w.double(), groups=4)
+    acc = int8_conv2d(x, conv_weight_mats(w, 4), (1, 1), (1, 1), (0, 0), (1, 1))
+    assert torch.equal(acc.permute(0, 3, 1, 2).double(), ref)
+
+
 def test_requantize_rounds_half_to_even_on_both_paths() -> None:
     g = torch.Generator().manual_seed(0)
     factors = torch.rand(16, dtype=torch.float64, generator=g) * torch.logspace(-6, 1, 16)

@@ -33,8 +33,17 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         except RuntimeError:
             a, b = a[:m, :k], b[:k, :n]
     elif hasattr(torch, "_int_mm"):
-        return torch._int_mm(a.contiguous(), b)
+        return torch._int_mm(_row_major(a), _row_major(b))
     return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
+
+
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with strides ``(columns, 1)``. A matrix of one row or column can be
+    "contiguous" with other strides (``[1, n]`` with ``(1, 1)``, as a transposed column
+    is), which ``torch._int_mm`` on CPU multiplies wrongly (measured on torch 2.13)."""
+    if t.stride() == (t.shape[1], 1):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t)
 
 
 def conv_weight_mats(weight: torch.Tensor, groups: int) -> list[torch.Tensor]:
