@@ -199,3 +199,36 @@ def test_a_float_part_after_the_models_own_dequant_stub_still_runs() -> None:
     out = convert(qat_model.eval())(x)
     assert out.dtype == torch.float32 and out.shape == (2, 3)
     assert [r.name for r in eager_records(qat_model) if r.runs_as == "float island"] == ["head"]
+
+
+def test_a_float_container_holding_quantized_ops_is_not_refused() -> None:
+    """A part kept float that still holds quantized modules (its own DeQuantStub, or a
+    conv given a qconfig of its own) runs as before: only wholly float parts are checked."""
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dequant, self.fc = DeQuantStub(), nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.dequant(x).flatten(1))
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant, self.stem, self.head = QuantStub(), ConvBNReLU2d(1, 4, 3, padding=1), Head()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stem(self.quant(x)))
+
+    model = Model()
+    model.stem.fuse_model()
+    model.qconfig = qconfig_manager.get_default_qat_qconfig()
+    model.head.qconfig = None
+    model.head.dequant.qconfig = model.qconfig
+    qat_model = prepare_qat(model.train(), "fuse_bn")
+    qat_model(torch.randn(4, 1, 8, 8))
+    integer = convert(qat_model.eval())
+    assert integer(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    assert not integer.head._forward_pre_hooks  # holds a quantized op: not checked
+    assert len(integer.head.fc._forward_pre_hooks) == 1  # wholly float: checked

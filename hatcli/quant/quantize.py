@@ -109,7 +109,7 @@ def convert(
         return type(m) not in qat_types and getattr(m, "qconfig", None) is None
 
     if not keep_float(model):
-        _guard_float_parts(model, "", keep_float)
+        _guard_float_parts(model, "", keep_float, qat_types)
     integer = _swap(model, "", table, keep_float, "integer")
     # What stays float (a float island's LayerNorm) is frozen with the rest: the
     # integer model cannot train, and its stubs refuse inputs that need a gradient.
@@ -119,17 +119,23 @@ def convert(
 
 
 def _guard_float_parts(
-    module: nn.Module, path: str, keep_float: Callable[[nn.Module], bool]
+    module: nn.Module,
+    path: str,
+    keep_float: Callable[[nn.Module], bool],
+    qat_types: set[type[nn.Module]],
 ) -> None:
-    """Give each float part with weights inside the quantized model a check of its input
-    (``RefuseQuantizedInput``): graph mode places stubs around such a part, but an
-    eagerly prepared model whose qconfig keeps a conv float without them would hand it
-    int8 tensors."""
+    """Give each float part with weights inside the quantized model, and no quantized op
+    inside it, a check of its input (``RefuseQuantizedInput``): graph mode places stubs
+    around such a part, but an eagerly prepared model whose qconfig keeps a conv float
+    without them would hand it int8 tensors."""
     for name, child in module.named_children():
         child_path = f"{path}.{name}" if path else name
-        if not keep_float(child):
-            _guard_float_parts(child, child_path, keep_float)
-        elif any(True for _ in child.parameters()):
+        holds_ops = any(type(m) in qat_types for m in child.modules())
+        if not keep_float(child) or holds_ops:
+            _guard_float_parts(child, child_path, keep_float, qat_types)
+        elif any(True for _ in child.parameters()) and not any(
+            isinstance(h, RefuseQuantizedInput) for h in child._forward_pre_hooks.values()
+        ):
             child.register_forward_pre_hook(RefuseQuantizedInput(child_path))
 
 
