@@ -6,6 +6,8 @@ their elementwise requantization."""
 
 from __future__ import annotations
 
+import copy
+import io
 from collections.abc import Iterator
 
 import pytest
@@ -186,6 +188,44 @@ def test_auto_measures_each_layer_once_per_input_shape(monkeypatch: pytest.Monke
     assert set(conv._fastest.values()) <= {"fused", "accumulator"}
     _on("auto", conv, y)
     assert len(measured) == 2  # another batch size: measured again
+
+
+@needs_onednn
+def test_auto_keeps_only_paths_that_give_the_reference_integers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At first use ``auto`` checks each oneDNN path against the reference: a path that
+    differs is never chosen (here: one made wrong on purpose; below, a geometry oneDNN
+    computes wrongly on torch 2.13)."""
+    original = Conv2d._onednn_output
+
+    def wrong_fused(self: Conv2d, path: str, *args: object) -> torch.Tensor | None:
+        out = original(self, path, *args)  # type: ignore[arg-type]
+        if path == "fused" and out is not None:
+            out = out.clone()
+            out.view(-1)[0] ^= 1
+        return out
+
+    monkeypatch.setattr(Conv2d, "_onednn_output", wrong_fused)
+    conv = _conv(32, 48, 3)
+    x = _activation((3, 32, 9, 10), 1)
+    assert torch.equal(_on("auto", conv, x), _on("reference", conv, x))
+    assert list(conv._fastest.values()) == ["accumulator"]
+
+
+@needs_onednn
+def test_auto_falls_back_where_onednn_computes_a_geometry_wrongly() -> None:
+    g = torch.Generator().manual_seed(9)
+    w = torch.randint(-128, 128, (12, 4, 5, 5), generator=g, dtype=torch.int8)
+    scale = torch.rand(12, generator=g, dtype=torch.float64) * 0.01 + 0.001
+    conv = Conv2d(w, scale, torch.randn(12, generator=g), torch.tensor(0.04), (2, 3), (3, 0))
+    x = _activation((2, 4, 8, 5), 3)  # one output column at a horizontal stride of 3
+    reference = _on("reference", conv, x)
+    assert torch.equal(_on("auto", conv, x), reference)
+    [chosen] = conv._fastest.values()
+    for path in FAST[1:]:
+        if not torch.equal(_on(path, conv, x), reference):
+            assert chosen != path
 
 
 @needs_onednn
@@ -420,3 +460,22 @@ def test_fast_paths_equal_the_reference_on_random_layers() -> None:
         assert conv._packed is not None  # oneDNN ran
         checked += 1
     assert checked == 80
+
+
+@needs_onednn
+def test_a_layer_that_ran_on_onednn_can_be_copied_and_saved() -> None:
+    """oneDNN's packed weights cannot be copied; copies derive them again."""
+    conv = _conv(16, 24, 3)
+    x = _activation((2, 16, 6, 6), 1)
+    lin = Linear(
+        torch.randint(-128, 128, (5, 40), dtype=torch.int8),
+        torch.rand(5, dtype=torch.float64) * 0.01 + 0.001,
+        torch.randn(5),
+        torch.tensor(0.2),
+    )
+    xl = QTensor(torch.randint(-128, 128, (3, 40), dtype=torch.int8), 0.02)
+    for module, inp in ((conv, x), (lin, xl)):
+        before = _on("auto", module, inp)
+        assert torch.equal(_on("auto", copy.deepcopy(module), inp), before)
+        torch.save(module, io.BytesIO())
+        assert torch.equal(_on("auto", module, inp), before)

@@ -10,6 +10,7 @@ not fit); ``with_bn_reverse_fold`` quantized ``W * s`` already. The bias becomes
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -100,12 +101,14 @@ class Conv2d(WeightedIntegerModule):
         geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
         return cls(w_int, w_scale, bias.detach(), out_scale, *geometry, qmin, qmax)  # type: ignore[arg-type]
 
-    def _forget(self) -> None:
-        super()._forget()
-        self._float32_exact = None
-        self._packed = None
-        self._fused.clear()
-        self._fastest.clear()
+    def _derived(self) -> dict[str, Any]:
+        return {
+            **super()._derived(),
+            "_float32_exact": None,
+            "_packed": None,
+            "_fused": {},
+            "_fastest": {},
+        }
 
     def _accumulate(self, xi: torch.Tensor) -> torch.Tensor:
         """The accumulator, channels-last [N, OH, OW, O], of int8 NCHW input: int32, or
@@ -156,25 +159,8 @@ class Conv2d(WeightedIntegerModule):
         if residual is not None:
             r, s_res = self._int8_input(residual, "residual")
         p = self.requant_params(s_in, s_res)
-        step = self._images_per_chunk(xi)
         fast = self._run_onednn(x, xi, r, p, s_in, s_res)
-        if fast is not None:
-            out = fast
-        # A trace must not fix the batch. (torch.jit.is_tracing is public but neither
-        # re-exported nor annotated in torch's stubs.)
-        elif step >= xi.shape[0] or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
-            out = self._finish(self._accumulate(xi), p, r)
-        else:
-            out = torch.cat(
-                [
-                    self._finish(
-                        self._accumulate(xi[i : i + step]),
-                        p,
-                        None if r is None else r[i : i + step],
-                    )
-                    for i in range(0, xi.shape[0], step)
-                ]
-            )
+        out = fast if fast is not None else self._reference(xi, r, p)
         out = out.permute(0, 3, 1, 2)
         # An NCHW view of channels-last memory, which the next conv reads without a copy.
         if p.out_scale is not None:
@@ -182,6 +168,24 @@ class Conv2d(WeightedIntegerModule):
         assert self.output_scale is not None
         q = QTensor(out, self.output_scale)
         return kernels.mark_nonnegative(q) if self.qmin >= 0 else q
+
+    def _reference(
+        self, xi: torch.Tensor, r: torch.Tensor | None, p: RequantParams
+    ) -> torch.Tensor:
+        """The channels-last output by ``torch._int_mm`` on an im2col (the reference)."""
+        step = self._images_per_chunk(xi)
+        # A trace must not fix the batch. (torch.jit.is_tracing is public but neither
+        # re-exported nor annotated in torch's stubs.)
+        if step >= xi.shape[0] or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+            return self._finish(self._accumulate(xi), p, r)
+        return torch.cat(
+            [
+                self._finish(
+                    self._accumulate(xi[i : i + step]), p, None if r is None else r[i : i + step]
+                )
+                for i in range(0, xi.shape[0], step)
+            ]
+        )
 
     # --- oneDNN ----------------------------------------------------------------------
 
@@ -222,11 +226,10 @@ class Conv2d(WeightedIntegerModule):
         if path == "reference":
             return None
         if path == "auto":
-            if p.out_scale is not None:  # an int32 output: nothing to bracket
-                path = "accumulator"
-            else:
-                key = (tuple(xi.shape), kernels.is_nonnegative(x), r is not None, s_in, s_res)
-                path = self._fastest.get(key) or self._measure(key, (x, xi, r), p, (s_in, s_res))
+            key = (tuple(xi.shape), kernels.is_nonnegative(x), r is not None, s_in, s_res)
+            path = self._fastest.get(key) or self._measure(key, (x, xi, r), p, (s_in, s_res))
+            if path == "reference":
+                return None
         return self._onednn_output(path, x, xi, r, p, (s_in, s_res))
 
     def _measure(
@@ -237,15 +240,21 @@ class Conv2d(WeightedIntegerModule):
         scales: tuple[float, float | None],
     ) -> str:
         """Time both oneDNN paths on these inputs (``(x, xi, r)`` as ``_onednn_output``
-        takes them; each path twice: the first call compiles oneDNN's kernels) and
-        remember the faster for inputs like them."""
+        takes them; each path twice: the first call compiles oneDNN's kernels), keep
+        those whose output equals the reference path's, and remember the faster for
+        inputs like them ("reference" if neither: oneDNN computes some rare geometries
+        wrongly, e.g. one output column at a horizontal stride of 2 or more)."""
+        reference = self._reference(inputs[1], inputs[2], p)
+        paths = ("accumulator",) if p.out_scale is not None else ("fused", "accumulator")
         seconds = {}
-        for path in ("fused", "accumulator"):
+        for path in paths:
             for _ in range(2):
                 start = time.perf_counter()
-                self._onednn_output(path, *inputs, p, scales)
+                out = self._onednn_output(path, *inputs, p, scales)
                 seconds[path] = time.perf_counter() - start
-        fastest = min(seconds, key=seconds.__getitem__)
+            if out is None or not torch.equal(out, reference):
+                del seconds[path]
+        fastest = min(seconds, key=seconds.__getitem__) if seconds else "reference"
         self._fastest[key] = fastest
         return fastest
 
