@@ -3,6 +3,8 @@ layer large enough, see ``kernels``; else ``torch._int_mm``), int32 bias, requan
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from hatcli.quant.nn import qat
@@ -63,9 +65,8 @@ class Linear(WeightedIntegerModule):
             self._packed = (key, kernels.PackedLinear(self.weight))
         return self._packed[1]
 
-    def _forget(self) -> None:
-        super()._forget()
-        self._packed = None
+    def _derived(self) -> dict[str, Any]:
+        return {**super()._derived(), "_packed": None}
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape

@@ -70,9 +70,18 @@ class WeightedIntegerModule(IntegerModule):
         self.qmin, self.qmax = qmin, qmax
         self._cache: dict[tuple[float, ...], RequantParams] = {}
 
+    def _derived(self) -> dict[str, Any]:
+        """The attributes derived from the buffers, as they are before first use."""
+        return {"_cache": {}}
+
     def _forget(self) -> None:
         """Drop what was derived from the buffers (they are about to change)."""
-        self._cache.clear()
+        self.__dict__.update(self._derived())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and deep-copied without what was derived from the buffers (oneDNN's
+        packed weights cannot be copied); the copy derives it again at first use."""
+        return {**self.__dict__, **self._derived()}
 
     def _apply(self, fn: Any, recurse: bool = True) -> WeightedIntegerModule:  # .to(), ...
         self._forget()
