@@ -67,9 +67,14 @@ class Hat(torch.nn.Module):
         self.qconfig = qconfig_manager.get_default_qat_qconfig()
         self.head.qconfig = qconfig_manager.get_default_qat_out_qconfig()
 
+class Refuses(Plain):
+    def __init__(self):
+        from hatcli.quant import QuantizationError
+        raise QuantizationError("head: no integer form")
+
 @hatcli.hookimpl
 def hat_register_models(register):
-    for cls in (Plain, Branchy, Hat):
+    for cls in (Plain, Branchy, Hat, Refuses):
         register(cls.__name__, cls, {"type": "object", "additionalProperties": False})
 """
 
@@ -232,3 +237,10 @@ def test_a_float_container_holding_quantized_ops_is_not_refused() -> None:
     assert integer(torch.randn(2, 1, 8, 8)).shape == (2, 3)
     assert not integer.head._forward_pre_hooks  # holds a quantized op: not checked
     assert len(integer.head.fc._forward_pre_hooks) == 1  # wholly float: checked
+
+
+def test_a_quantization_error_from_a_model_factory_is_located(build) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(
+        hatcli.InputError, match=r"spec\.yaml:3:\d+: .*Refuses: head: no integer form"
+    ):
+        build("Refuses")

@@ -37,8 +37,10 @@ def build_component(
     component = plugins.get_component(kind, name)
     try:
         return component.factory(*args, **params, **extra)
-    except InputError:
-        raise
+    except InputError as exc:
+        if not isinstance(exc, TypeError):  # located already; a QuantizationError is not
+            raise
+        raise located(positions, path, f"{name}: {exc}") from None
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise located(positions, path, f"{name}: {message}") from None
