@@ -83,7 +83,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from benchmarks.common import INPUT_SHAPES, build, table, write
+from benchmarks.common import INPUT_SHAPES, build, sgd_step, table, write
 from hatcli.quant import QTensor, convert, float_simulation, prepare_qat, set_qat_mode
 from hatcli.quant.graph import prepare
 
@@ -392,18 +392,6 @@ def graph_prepared(base: nn.Module, mode: str) -> nn.Module:
     return prepare(copy.deepcopy(base).train(), mode).train()
 
 
-def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    step()  # warm-up: observers initialise, allocator settles
-    return step
-
-
 def hat_modules(model: nn.Module) -> dict[str, str]:
     """Dotted name -> type of every hat module (QAT modules, stubs, fake quantizers,
     observers) in a prepared model."""
@@ -520,7 +508,7 @@ def step_time(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict
             g = torch.Generator().manual_seed(0)
             x = torch.randn(batch, *shape, generator=g)
             y = torch.randint(0, 10, (batch,), generator=g)
-            steps = {k: step_fn(m, x, y) for k, m in models.items()}
+            steps = {k: sgd_step(m, x, y) for k, m in models.items()}
             wall: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
             cpu: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
             for _ in range(args.rounds):

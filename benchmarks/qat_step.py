@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import INPUT_SHAPES, build, median_time, table, write
+from benchmarks.common import INPUT_SHAPES, build, median_time, sgd_step, table, write
 from benchmarks.peers import prepare_torch_ao_qat
 from hatcli.quant import prepare_qat, set_qat_mode
 
@@ -41,17 +41,7 @@ def variant(model_name: str, name: str, params: dict[str, Any]) -> nn.Module:
 
 
 def step_fn(model: nn.Module, batch: int, shape: tuple[int, ...]) -> Any:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, *shape)
-    y = torch.randint(0, 10, (batch,))
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    step()  # warm-up: observers initialise, allocator settles
-    return step
+    return sgd_step(model, torch.randn(batch, *shape), torch.randint(0, 10, (batch,)))
 
 
 def _status_kb(field: str) -> int:
