@@ -10,6 +10,7 @@ not fit); ``with_bn_reverse_fold`` quantized ``W * s`` already. The bias becomes
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -176,14 +177,28 @@ class Conv2d(WeightedIntegerModule):
         step = self._images_per_chunk(xi)
         # A trace must not fix the batch. (torch.jit.is_tracing is public but neither
         # re-exported nor annotated in torch's stubs.)
-        if step >= xi.shape[0] or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
-            return self._finish(self._accumulate(xi), p, r)
+        if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+            step = xi.shape[0]
+        return self._finish_in_chunks(
+            xi.shape[0], step, lambda i, j: self._accumulate(xi[i:j]), p, r
+        )
+
+    def _finish_in_chunks(
+        self,
+        images: int,
+        step: int,
+        accumulator: Callable[[int, int], torch.Tensor],
+        p: RequantParams,
+        r: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``_finish`` of ``accumulator(i, j)`` (images ``i`` to ``j``), ``step`` images at a
+        time, joined. Images are independent: chunking never changes a result."""
+        if step >= images:
+            return self._finish(accumulator(0, images), p, r)
         return torch.cat(
             [
-                self._finish(
-                    self._accumulate(xi[i : i + step]), p, None if r is None else r[i : i + step]
-                )
-                for i in range(0, xi.shape[0], step)
+                self._finish(accumulator(i, i + step), p, None if r is None else r[i : i + step])
+                for i in range(0, images, step)
             ]
         )
 
@@ -287,14 +302,7 @@ class Conv2d(WeightedIntegerModule):
         acc = packed.accumulate(xu, zp)
         # Requantized a few images at a time, its float64 temporaries stay in the cache.
         step = max(1, _REQUANT_CHUNK // max(1, acc[0].numel()))
-        if step >= acc.shape[0]:
-            return self._finish(acc, p, r)
-        return torch.cat(
-            [
-                self._finish(acc[i : i + step], p, None if r is None else r[i : i + step])
-                for i in range(0, acc.shape[0], step)
-            ]
-        )
+        return self._finish_in_chunks(acc.shape[0], step, lambda i, j: acc[i:j], p, r)
 
     def _fused_params(
         self,
